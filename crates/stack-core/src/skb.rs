@@ -379,6 +379,13 @@ impl Skb {
         Ok(&mut self.buf_mut()[start..start + len])
     }
 
+    /// The free bytes after `tail`, writable, e.g. for a device to receive a frame into
+    /// before [`Skb::put`] claims the bytes it wrote. Unshares the buffer first.
+    pub fn tailroom_mut(&mut self) -> &mut [u8] {
+        let t = self.tail as usize;
+        &mut self.buf_mut()[t..]
+    }
+
     /// Cut the packet to `len` bytes; no-op if already shorter (`skb_trim`).
     pub fn trim(&mut self, len: usize) {
         if len < self.len() {
