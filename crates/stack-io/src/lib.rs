@@ -1,1 +1,13 @@
-//! placeholder
+//! stack-io: the I/O half of ustack's device layer.
+//!
+//! [`tap::Tap`] attaches to an existing TAP interface; [`device::run_device`] moves
+//! frames between it and the stack's RX/TX rings on io_uring, counting what it does in
+//! [`stats::IoStats`]. Nothing here knows any protocol: frames are opaque `Skb`s.
+
+pub mod device;
+pub mod stats;
+pub mod tap;
+
+pub use device::{run_device, DeviceConfig};
+pub use stats::{IoStats, IoStatsSnapshot};
+pub use tap::{Tap, TapError};

@@ -1,0 +1,499 @@
+//! Attaching to an existing TAP interface (drivers/net/tun.c, Documentation/networking/tuntap.rst).
+//!
+//! We use raw `libc` ioctls rather than the `tun-tap` crate's `Iface`: `TUNSETIFF` on a
+//! name that does not exist silently *creates* a device (when the caller has
+//! CAP_NET_ADMIN), and `Iface` neither lets us set `O_NONBLOCK` before the first read nor
+//! hands back the errno we need to tell "busy" from "not a TAP" from "no permission".
+//! The three ioctls below are short and their failure modes are the point of this module.
+//!
+//! Everything happens in the network namespace of the *calling thread*: `/dev/net/tun`
+//! binds the new queue to `current->nsproxy->net_ns` at open time, and the helper
+//! sockets used for `if_nametoindex`, `SIOCGIFMTU` and `SIOCETHTOOL` are created there too.
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+/// `IFNAMSIZ` (include/uapi/linux/if.h) counts the terminating NUL.
+pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
+
+const TUN_PATH: &str = "/dev/net/tun";
+
+/// An attached TAP queue: reading yields one Ethernet frame per `read`, writing injects
+/// one frame into the kernel as if it arrived on the wire. Closing the fd detaches.
+#[derive(Debug)]
+pub struct Tap {
+    fd: OwnedFd,
+    name: String,
+    ifindex: u32,
+    mtu: u32,
+}
+
+impl Tap {
+    /// Attach to the existing TAP interface `name` (`IFF_TAP | IFF_NO_PI`) in the calling
+    /// thread's network namespace, with the fd in non-blocking mode.
+    ///
+    /// Non-blocking is for io_uring: a posted read with no frame pending must never sleep
+    /// in `tun_do_read`, neither inline nor in an io-wq worker thread (one thread per
+    /// in-flight read). With O_NONBLOCK the read fails fast with EAGAIN inside the
+    /// kernel, and io_uring arms a poll on the file and retries when a frame arrives.
+    /// (Recent kernels' tun also honours IOCB_NOWAIT, so they would arm the poll anyway;
+    /// the flag makes us independent of that. The integration test checks that no io-wq
+    /// worker appears while 32 reads are posted.)
+    pub fn attach(name: &str) -> Result<Tap, TapError> {
+        validate_ifname(name)?;
+        let cname = CString::new(name).expect("validate_ifname rejects NUL");
+
+        // TUNSETIFF would create a missing device, so look first.
+        let ifindex = nametoindex(&cname).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODEV) => TapError::NoSuchDevice(name.to_owned()),
+            _ => TapError::Io {
+                name: name.to_owned(),
+                what: "looking up the interface index",
+                err: e,
+            },
+        })?;
+
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(TUN_PATH)
+            .map_err(TapError::OpenTun)?;
+
+        tun_set_iff(&file, &cname).map_err(|e| classify_setiff_error(name, e))?;
+
+        // If the device vanished between the lookup and TUNSETIFF, the kernel has just
+        // created a fresh (non-persistent) one for us; dropping `file` destroys it again.
+        match nametoindex(&cname) {
+            Ok(now) if now == ifindex => {}
+            _ => return Err(TapError::NoSuchDevice(name.to_owned())),
+        }
+
+        let mtu = query_mtu(&cname).map_err(|e| TapError::Io {
+            name: name.to_owned(),
+            what: "reading the MTU (SIOCGIFMTU)",
+            err: e,
+        })?;
+
+        Ok(Tap {
+            fd: file.into(),
+            name: name.to_owned(),
+            ifindex,
+            mtu,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The interface index in the namespace the TAP was attached in.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The interface MTU (IP packet size) when we attached.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// Give up the fd, e.g. to hand it to an io_uring runtime. Closing it detaches.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    pub(crate) fn into_file(self) -> File {
+        File::from(self.fd)
+    }
+}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Why [`Tap::attach`] failed. `Display` is one line that says what to do about it.
+#[derive(Debug)]
+pub enum TapError {
+    NameTooLong(String),
+    InvalidName {
+        name: String,
+        reason: &'static str,
+    },
+    /// Opening `/dev/net/tun` failed.
+    OpenTun(io::Error),
+    NoSuchDevice(String),
+    /// The interface exists but is not a TAP device. `kind` is what it is, if known
+    /// (e.g. "a TUN device", "a veth device").
+    NotTap {
+        name: String,
+        kind: Option<String>,
+    },
+    /// A TAP device whose queue flags differ from ours (created with `multi_queue`).
+    FlagsMismatch(String),
+    /// Another process (or another `Tap` of ours) is attached to a single-queue device.
+    Busy(String),
+    /// TUNSETIFF said EPERM: the device has an owner/group and we are neither, nor
+    /// CAP_NET_ADMIN (`tun_not_capable`).
+    PermissionDenied(String),
+    /// Anything else, with the step that failed.
+    Io {
+        name: String,
+        what: &'static str,
+        err: io::Error,
+    },
+}
+
+impl fmt::Display for TapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TapError::NameTooLong(name) => write!(
+                f,
+                "interface name {name:?} is longer than {MAX_IFNAME_LEN} bytes"
+            ),
+            TapError::InvalidName { name, reason } => {
+                write!(f, "invalid interface name {name:?}: {reason}")
+            }
+            TapError::OpenTun(err) => match err.raw_os_error() {
+                Some(libc::EACCES | libc::EPERM) => write!(
+                    f,
+                    "cannot open {TUN_PATH}: permission denied (run as root or with CAP_NET_ADMIN)"
+                ),
+                Some(libc::ENOENT) => write!(
+                    f,
+                    "cannot open {TUN_PATH}: no such file (is the tun module loaded? try: modprobe tun)"
+                ),
+                Some(libc::ENODEV | libc::ENXIO) => write!(
+                    f,
+                    "cannot open {TUN_PATH}: no tun driver behind it (try: modprobe tun)"
+                ),
+                _ => write!(f, "cannot open {TUN_PATH}: {err}"),
+            },
+            TapError::NoSuchDevice(name) => write!(
+                f,
+                "no TAP device named {name:?} in this network namespace \
+                 (create it with: ip tuntap add dev {name} mode tap)"
+            ),
+            TapError::NotTap { name, kind: None } => write!(f, "{name:?} is not a TAP device"),
+            TapError::NotTap {
+                name,
+                kind: Some(kind),
+            } => write!(f, "{name:?} is not a TAP device (it is {kind})"),
+            TapError::FlagsMismatch(name) => write!(
+                f,
+                "TAP device {name:?} was created with other queue flags \
+                 (multi_queue?); recreate it with: ip tuntap add dev {name} mode tap"
+            ),
+            TapError::Busy(name) => write!(
+                f,
+                "TAP device {name:?} is busy (another process is attached)"
+            ),
+            TapError::PermissionDenied(name) => write!(
+                f,
+                "cannot attach to TAP device {name:?}: permission denied (run as root or with \
+                 CAP_NET_ADMIN, or create it with: ip tuntap add dev {name} mode tap user <you>)"
+            ),
+            TapError::Io { name, what, err } => {
+                write!(f, "TAP device {name:?}: {what} failed: {err}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TapError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TapError::OpenTun(err) | TapError::Io { err, .. } => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl TapError {
+    /// The `io::ErrorKind` a caller working in `io::Result` should see.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            TapError::NameTooLong(_) | TapError::InvalidName { .. } => io::ErrorKind::InvalidInput,
+            TapError::OpenTun(err) | TapError::Io { err, .. } => err.kind(),
+            TapError::NoSuchDevice(_) => io::ErrorKind::NotFound,
+            TapError::NotTap { .. } | TapError::FlagsMismatch(_) => io::ErrorKind::InvalidInput,
+            TapError::Busy(_) => io::ErrorKind::ResourceBusy,
+            TapError::PermissionDenied(_) => io::ErrorKind::PermissionDenied,
+        }
+    }
+}
+
+impl From<TapError> for io::Error {
+    /// Keeps the one-line message: `io::Error`'s Display shows the inner error's.
+    fn from(e: TapError) -> io::Error {
+        io::Error::new(e.kind(), e)
+    }
+}
+
+/// The kernel's `dev_valid_name` (net/core/dev.c), so that a bad name is reported as
+/// such instead of as whatever errno the first ioctl happens to return.
+pub fn validate_ifname(name: &str) -> Result<(), TapError> {
+    let invalid = |reason| TapError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return Err(TapError::NameTooLong(name.to_owned()));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid("\".\" and \"..\" are reserved"));
+    }
+    if name.contains('\0') {
+        return Err(invalid("it contains a NUL byte"));
+    }
+    if name.contains('/') || name.contains(':') {
+        return Err(invalid("it contains '/' or ':'"));
+    }
+    // The kernel uses isspace(): ASCII whitespace (and a vertical tab, which Rust's
+    // is_ascii_whitespace leaves out).
+    if name.bytes().any(|b| b.is_ascii_whitespace() || b == 0x0b) {
+        return Err(invalid("it contains whitespace"));
+    }
+    Ok(())
+}
+
+fn nametoindex(name: &CStr) -> io::Result<u32> {
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if idx == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(idx)
+}
+
+/// An `ifreq` with `ifr_name` filled in and the union zeroed.
+fn ifreq_for(name: &CStr) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data (arrays, integers, a pointer); all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in ifr.ifr_name.iter_mut().zip(name.to_bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr
+}
+
+fn tun_set_iff(file: &File, name: &CStr) -> io::Result<()> {
+    let mut ifr = ifreq_for(name);
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `ifr` is.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A throwaway AF_INET datagram socket: the handle the SIOCGIF* and SIOCETHTOOL ioctls
+/// need. It lives in the calling thread's network namespace.
+fn ioctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn query_mtu(name: &CStr) -> io::Result<u32> {
+    let sock = ioctl_socket()?;
+    let mut ifr = ifreq_for(name);
+    // SAFETY: SIOCGIFMTU fills `ifr_mtu` of the `struct ifreq` we pass.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote the `ifru_mtu` member.
+    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
+    Ok(mtu.max(0) as u32)
+}
+
+/// `struct ethtool_drvinfo` (include/uapi/linux/ethtool.h); libc does not define it.
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+
+/// The driver name and bus info of an interface (`ethtool -i`). The tun driver reports
+/// driver "tun" and bus_info "tun" or "tap" (`tun_get_drvinfo`), which is how we tell
+/// the reasons for a TUNSETIFF EINVAL apart without reading sysfs, whose view belongs
+/// to the namespace it was mounted in, not to the calling thread's.
+fn driver_info(name: &CStr) -> io::Result<(String, String)> {
+    let sock = ioctl_socket()?;
+    // SAFETY: all-zero is a valid EthtoolDrvinfo (integers and byte arrays).
+    let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut ifr = ifreq_for(name);
+    ifr.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO writes one ethtool_drvinfo through
+    // `ifr_data`, which points at `info`, alive for the duration of the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let text = |b: &[u8]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    Ok((text(&info.driver), text(&info.bus_info)))
+}
+
+/// Map a TUNSETIFF errno to what it means for an interface we know exists
+/// (`tun_set_iff` in drivers/net/tun.c).
+fn classify_setiff_error(name: &str, err: io::Error) -> TapError {
+    match err.raw_os_error() {
+        Some(libc::EBUSY) => TapError::Busy(name.to_owned()),
+        Some(libc::EPERM | libc::EACCES) => TapError::PermissionDenied(name.to_owned()),
+        Some(libc::EINVAL) => {
+            let cname = CString::new(name).expect("validated name");
+            match driver_info(&cname) {
+                Ok((driver, bus)) if driver == "tun" && bus == "tap" => {
+                    TapError::FlagsMismatch(name.to_owned())
+                }
+                Ok((driver, bus)) if driver == "tun" && bus == "tun" => TapError::NotTap {
+                    name: name.to_owned(),
+                    kind: Some("a TUN device".to_owned()),
+                },
+                Ok((driver, _)) if !driver.is_empty() => TapError::NotTap {
+                    name: name.to_owned(),
+                    kind: Some(format!("a {driver} device")),
+                },
+                _ => TapError::NotTap {
+                    name: name.to_owned(),
+                    kind: None,
+                },
+            }
+        }
+        _ => TapError::Io {
+            name: name.to_owned(),
+            what: "attaching (TUNSETIFF)",
+            err,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dev_valid_name() {
+        assert!(validate_ifname("ustack0").is_ok());
+        assert!(validate_ifname("a23456789012345").is_ok(), "15 bytes fit");
+        assert!(matches!(
+            validate_ifname("a234567890123456"),
+            Err(TapError::NameTooLong(_))
+        ));
+        for bad in ["", ".", "..", "a/b", "a:1", "a b", "a\tb", "a\0b"] {
+            assert!(
+                matches!(validate_ifname(bad), Err(TapError::InvalidName { .. })),
+                "{bad:?} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn error_messages_are_one_honest_line() {
+        let os = |errno| io::Error::from_raw_os_error(errno);
+        let cases = [
+            (
+                TapError::OpenTun(os(libc::EACCES)),
+                "cannot open /dev/net/tun: permission denied (run as root or with CAP_NET_ADMIN)",
+            ),
+            (
+                TapError::OpenTun(os(libc::ENOENT)),
+                "cannot open /dev/net/tun: no such file (is the tun module loaded? try: modprobe tun)",
+            ),
+            (
+                TapError::NoSuchDevice("X".into()),
+                "no TAP device named \"X\" in this network namespace \
+                 (create it with: ip tuntap add dev X mode tap)",
+            ),
+            (
+                TapError::NotTap {
+                    name: "X".into(),
+                    kind: None,
+                },
+                "\"X\" is not a TAP device",
+            ),
+            (
+                TapError::NotTap {
+                    name: "X".into(),
+                    kind: Some("a TUN device".into()),
+                },
+                "\"X\" is not a TAP device (it is a TUN device)",
+            ),
+            (
+                TapError::Busy("X".into()),
+                "TAP device \"X\" is busy (another process is attached)",
+            ),
+            (
+                TapError::NameTooLong("a234567890123456".into()),
+                "interface name \"a234567890123456\" is longer than 15 bytes",
+            ),
+        ];
+        for (err, text) in cases {
+            let shown = err.to_string();
+            assert_eq!(shown, text);
+            assert!(!shown.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn io_error_keeps_kind_and_message() {
+        let e: io::Error = TapError::Busy("X".into()).into();
+        assert_eq!(e.kind(), io::ErrorKind::ResourceBusy);
+        assert_eq!(
+            e.to_string(),
+            "TAP device \"X\" is busy (another process is attached)"
+        );
+        let e: io::Error = TapError::NoSuchDevice("X".into()).into();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn missing_device_is_reported_without_creating_it() {
+        // Needs no privileges: the existence check runs before /dev/net/tun is opened.
+        let name = "ustk-nodev9";
+        let err = Tap::attach(name).expect_err("no such device here");
+        assert!(
+            matches!(err, TapError::NoSuchDevice(ref n) if n == name),
+            "{err}"
+        );
+        let cname = CString::new(name).unwrap();
+        assert!(nametoindex(&cname).is_err(), "attach must not create it");
+    }
+
+    #[test]
+    fn bad_name_is_rejected_before_any_syscall() {
+        assert!(matches!(
+            Tap::attach("much-too-long-name0"),
+            Err(TapError::NameTooLong(_))
+        ));
+    }
+}
