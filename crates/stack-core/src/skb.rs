@@ -307,7 +307,9 @@ impl Skb {
         let (d, t) = (self.data as usize, self.tail as usize);
         let fresh_buf = fresh.buf.take().expect("fresh buffer");
         let mut fresh_buf = fresh_buf;
-        Arc::get_mut(&mut fresh_buf).expect("fresh buffer is unique").bytes[d..t]
+        Arc::get_mut(&mut fresh_buf)
+            .expect("fresh buffer is unique")
+            .bytes[d..t]
             .copy_from_slice(&buf.bytes[d..t]);
         // Headers in front of `data` (mac header of a pulled frame) are kept too.
         let hdr_start = [self.mac_header, self.network_header, self.transport_header]

@@ -2,13 +2,28 @@
 //!
 //! The driver (stack-async, or a test) feeds frames in with [`Stack::netif_receive_skb`],
 //! takes frames out with [`Stack::poll_transmit`], calls [`Stack::handle_timeout`] when
-//! [`Stack::poll_timeout`] says so, and reacts to [`Stack::poll_event`].
+//! [`Stack::poll_timeout`] says so, and reacts to [`Stack::poll_event`]. Every entry point
+//! takes `now`; nothing inside reads a clock.
 
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
+use crate::dev::NetDevice;
+use crate::icmp::IcmpState;
+use crate::ipv4::route::{prefix_mask, Fib, FibEntry, RouteType, Table};
+use crate::neigh::{NeighParms, NeighTable};
+use crate::netfilter::Netfilter;
+use crate::ping::PingTable;
+use crate::rand::Rng;
 use crate::skb::{Skb, SkbPool};
+use crate::snmp::Snmp;
 use crate::time::Instant;
 use crate::wire::MacAddr;
+
+/// ifindex of the loopback device, as in Linux.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+/// ifindex of our one Ethernet device.
+pub const ETH_IFINDEX: u32 = 2;
 
 /// What the host is: its device and address.
 #[derive(Clone, Debug)]
@@ -34,6 +49,13 @@ impl StackConfig {
             ip_forward: false,
         }
     }
+
+    /// The MAC ustack uses when none is given: locally administered (RFC 7042 section
+    /// 2.1), `02:00:` followed by the IPv4 address, so it is stable and easy to spot.
+    pub fn default_mac(addr: Ipv4Addr) -> MacAddr {
+        let o = addr.octets();
+        MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]])
+    }
 }
 
 /// Handle of a socket inside the stack.
@@ -48,15 +70,102 @@ pub enum Event {
 }
 
 pub struct Stack {
-    config: StackConfig,
-    pool: SkbPool,
+    pub(crate) config: StackConfig,
+    pub(crate) pool: SkbPool,
+    pub(crate) rng: Rng,
+    /// The `now` of the entry point being run (the kernel's `jiffies`).
+    pub(crate) now: Instant,
+    pub(crate) snmp: Snmp,
+    pub(crate) dev: NetDevice,
+    pub(crate) neigh: NeighTable,
+    pub(crate) fib: Fib,
+    pub(crate) nf: Netfilter,
+    pub(crate) icmp: IcmpState,
+    pub(crate) ping: PingTable,
+    pub(crate) ip_ident: u16,
+    /// The loopback device's receive backlog.
+    pub(crate) backlog: VecDeque<Skb>,
+    pub(crate) events: VecDeque<Event>,
+}
+
+impl core::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Stack")
+            .field("config", &self.config)
+            .field("neigh", &self.neigh.len())
+            .field("tx_pending", &self.tx_pending())
+            .finish()
+    }
 }
 
 impl Stack {
-    pub fn new(config: StackConfig, _now: Instant, _seed: u64) -> Stack {
-        Stack {
-            config,
+    /// A host with `config`, started at `now`, all randomness drawn from `seed`.
+    /// Queues a gratuitous ARP announcing the address.
+    pub fn new(config: StackConfig, now: Instant, seed: u64) -> Stack {
+        let mut config = config;
+        if config.prefix_len > 32 {
+            tracing::warn!(
+                prefix_len = config.prefix_len,
+                "prefix length over 32, using 32"
+            );
+            config.prefix_len = 32;
+        }
+        let mut rng = Rng::new(seed);
+        let neigh_seed = rng.next_u64();
+        let mut stack = Stack {
             pool: SkbPool::default(),
+            ip_ident: rng.next_u32() as u16,
+            rng,
+            now,
+            snmp: Snmp::default(),
+            dev: NetDevice::new(ETH_IFINDEX, config.mac, config.mtu),
+            neigh: NeighTable::new(NeighParms::default(), now, neigh_seed),
+            fib: Fib::default(),
+            nf: Netfilter::default(),
+            icmp: IcmpState::new(now),
+            ping: PingTable::default(),
+            backlog: VecDeque::new(),
+            events: VecDeque::new(),
+            config,
+        };
+        stack.install_address_routes();
+        stack.arp_announce();
+        stack
+    }
+
+    /// The routes an address brings (`fib_add_ifaddr`): local and broadcast in the local
+    /// table, the connected subnet and the default route in the main table.
+    fn install_address_routes(&mut self) {
+        let c = &self.config;
+        let addr = u32::from(c.addr);
+        let mask = prefix_mask(c.prefix_len);
+        let entry = |prefix: u32, len: u8, rtype, gateway| FibEntry {
+            prefix: Ipv4Addr::from(prefix),
+            prefix_len: len,
+            rtype,
+            gateway,
+            oif: ETH_IFINDEX,
+            prefsrc: c.addr,
+        };
+        let mut routes = vec![(Table::Local, entry(addr, 32, RouteType::Local, None))];
+        if c.prefix_len < 31 {
+            // RFC 3021: /31 and /32 have no broadcast address.
+            routes.push((
+                Table::Local,
+                entry(addr | !mask, 32, RouteType::Broadcast, None),
+            ));
+        }
+        routes.push((
+            Table::Main,
+            entry(addr & mask, c.prefix_len, RouteType::Unicast, None),
+        ));
+        if let Some(gw) = c.gateway {
+            routes.push((Table::Main, entry(0, 0, RouteType::Unicast, Some(gw))));
+        }
+        for (table, e) in routes {
+            if let Err(err) = self.fib.insert(table, e) {
+                tracing::warn!(?err, route = ?e, "route not installed");
+            }
         }
     }
 
@@ -69,22 +178,58 @@ impl Stack {
         &self.pool
     }
 
-    /// One received Ethernet frame, `data` at the Ethernet header.
-    pub fn netif_receive_skb(&mut self, _now: Instant, _skb: Skb) {}
+    pub fn fib(&self) -> &Fib {
+        &self.fib
+    }
 
-    /// The next frame for the wire, `data` at the Ethernet header.
-    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Skb> {
-        None
+    pub fn fib_mut(&mut self) -> &mut Fib {
+        &mut self.fib
+    }
+
+    pub fn neigh(&self) -> &NeighTable {
+        &self.neigh
+    }
+
+    /// The netfilter hooks, to register rules on.
+    pub fn netfilter_mut(&mut self) -> &mut Netfilter {
+        &mut self.nf
+    }
+
+    pub fn device(&self) -> &NetDevice {
+        &self.dev
+    }
+
+    /// All counters, with the neighbour table's gauges filled in.
+    pub fn snmp(&self) -> Snmp {
+        let mut s = self.snmp.clone();
+        s.ip.forwarding = if self.config.ip_forward { 1 } else { 2 };
+        s.ip.default_ttl = u64::from(crate::ipv4::DEFAULT_TTL);
+        let n = &self.neigh.stats;
+        s.arp.entries = self.neigh.len() as u64;
+        s.arp.res_failed = n.res_failed;
+        s.arp.unresolved_discards = n.unresolved_discards;
+        s.arp.unres_qlen = self.neigh.unres_qlen() as u64;
+        s.arp.unres_qlen_max = n.unres_qlen_max;
+        s.arp.table_fulls = n.table_fulls;
+        s
     }
 
     /// When [`Stack::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        self.neigh.poll_timeout()
     }
 
-    pub fn handle_timeout(&mut self, _now: Instant) {}
+    /// Run every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        let mut actions = Vec::new();
+        self.neigh.on_timer(now, &mut actions);
+        self.run_neigh_actions(actions);
+        self.process_backlog();
+    }
 
+    /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
-        None
+        self.events.pop_front()
     }
 }

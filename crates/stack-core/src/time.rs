@@ -48,7 +48,9 @@ impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, d: Duration) -> Instant {
         Instant {
-            micros: self.micros.saturating_add(d.as_micros().min(u64::MAX as u128) as u64),
+            micros: self
+                .micros
+                .saturating_add(d.as_micros().min(u64::MAX as u128) as u64),
         }
     }
 }
@@ -68,7 +70,12 @@ impl Sub<Instant> for Instant {
 
 impl fmt::Debug for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}s", self.micros / 1_000_000, self.micros % 1_000_000)
+        write!(
+            f,
+            "{}.{:06}s",
+            self.micros / 1_000_000,
+            self.micros % 1_000_000
+        )
     }
 }
 

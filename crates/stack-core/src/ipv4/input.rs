@@ -1,0 +1,280 @@
+//! IPv4 ingress: `ip_rcv` -> PRE_ROUTING -> `ip_rcv_finish` -> `ip_route_input` ->
+//! `ip_local_deliver` (LOCAL_IN) or `ip_forward` (FORWARD) or `ip_error`
+//! (net/ipv4/ip_input.c, ip_forward.c, route.c).
+
+use std::net::Ipv4Addr;
+
+use super::route::RouteType;
+use super::Rtable;
+use crate::netfilter::{NfHook, Verdict};
+use crate::skb::{PktType, Skb};
+use crate::stack::{Stack, LOOPBACK_IFINDEX};
+use crate::wire::checksum;
+use crate::wire::icmpv4::{msg_type, time_exceeded_code, unreach_code};
+use crate::wire::ipv4::{self, Ipv4Option, Ipv4Packet};
+
+/// Where `ip_route_input` sends a packet (`dst_input` target).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InputRoute {
+    /// `ip_local_deliver`; `broadcast` when it came to a broadcast or multicast address.
+    Local { broadcast: bool },
+    /// `ip_forward` by this route.
+    Forward(Rtable),
+    /// `ip_error`: not for us and not forwarded (EHOSTUNREACH).
+    HostUnreachable,
+    /// `ip_error`: forwarding, but no route (ENETUNREACH).
+    NetUnreachable,
+    /// Martian source or destination: dropped silently.
+    Martian,
+}
+
+impl Stack {
+    /// `ip_rcv` + `ip_rcv_core`: validate the header (RFC 791 section 3.1, RFC 1122
+    /// section 3.2.1), trim link-layer padding, then PRE_ROUTING. `data` is at the IPv4
+    /// header. Each reason to drop has the counter Linux uses for it.
+    #[tracing::instrument(level = "trace", name = "ip_rcv", skip_all, fields(len = skb.len()))]
+    pub(crate) fn ip_rcv(&mut self, mut skb: Skb) {
+        self.snmp.ip.in_receives += 1;
+        self.snmp.ip_ext.in_octets += skb.len() as u64;
+        if skb.pkt_type == PktType::OtherHost {
+            return;
+        }
+        let data = skb.data();
+        if data.len() < ipv4::MIN_HEADER_LEN {
+            return self.ip_hdr_error("truncated header");
+        }
+        let (version, ihl) = (data[0] >> 4, usize::from(data[0] & 0x0f) * 4);
+        if version != 4 || ihl < ipv4::MIN_HEADER_LEN {
+            return self.ip_hdr_error("bad version or IHL");
+        }
+        if data.len() < ihl {
+            return self.ip_hdr_error("header longer than packet");
+        }
+        if checksum::checksum(&data[..ihl]) != 0 {
+            self.snmp.ip_ext.in_csum_errors += 1;
+            return self.ip_hdr_error("bad header checksum");
+        }
+        let total_len = usize::from(u16::from_be_bytes([data[2], data[3]]));
+        if data.len() < total_len {
+            self.snmp.ip_ext.in_truncated_pkts += 1;
+            tracing::trace!("drop: total length beyond the frame");
+            return;
+        }
+        if total_len < ihl {
+            return self.ip_hdr_error("total length shorter than header");
+        }
+        // Ethernet pads short frames: the IP total length is the truth (pskb_trim_rcsum).
+        skb.trim(total_len);
+        skb.set_transport_header(ihl);
+        if self
+            .nf
+            .nf_hook(NfHook::PreRouting, &mut skb, &mut self.snmp.nf)
+            == Verdict::Drop
+        {
+            return;
+        }
+        self.ip_rcv_finish(skb);
+    }
+
+    fn ip_hdr_error(&mut self, why: &'static str) {
+        self.snmp.ip.in_hdr_errors += 1;
+        tracing::trace!(reason = why, "drop: IPv4 header error");
+    }
+
+    /// `ip_rcv_finish`: route the packet, process options, dispatch (`dst_input`).
+    fn ip_rcv_finish(&mut self, skb: Skb) {
+        let ip = Ipv4Packet::new_unchecked(skb.data());
+        let (src, dst, has_options) = (ip.src(), ip.dst(), ip.header_len() > ipv4::MIN_HEADER_LEN);
+        let route = self.ip_route_input(src, dst, skb.ifindex);
+        if has_options && !self.ip_rcv_options(&skb) {
+            return;
+        }
+        match route {
+            InputRoute::Local { broadcast } => {
+                if broadcast {
+                    if dst.is_multicast() {
+                        self.snmp.ip_ext.in_mcast_pkts += 1;
+                    } else {
+                        self.snmp.ip_ext.in_bcast_pkts += 1;
+                    }
+                }
+                self.ip_local_deliver(skb, broadcast)
+            }
+            InputRoute::Forward(rt) => self.ip_forward(skb, rt),
+            InputRoute::HostUnreachable => {
+                // ip_error with forwarding off: counted, no ICMP (RFC 1122 3.3.4.2
+                // lets a host silently discard datagrams not addressed to it).
+                self.snmp.ip.in_addr_errors += 1;
+                tracing::trace!(%dst, "drop: not for us, forwarding off");
+            }
+            InputRoute::NetUnreachable => {
+                self.snmp.ip_ext.in_no_routes += 1;
+                self.icmp_send(&skb, msg_type::DST_UNREACHABLE, unreach_code::NET, 0);
+            }
+            InputRoute::Martian => {
+                self.snmp.ip_ext.in_martians += 1;
+                tracing::trace!(%src, %dst, "drop: martian address");
+            }
+        }
+    }
+
+    /// `ip_route_input_noref` / `ip_route_input_slow`: what to do with a packet from `src`
+    /// to `dst`.
+    pub(crate) fn ip_route_input(&self, src: Ipv4Addr, dst: Ipv4Addr, ifindex: u32) -> InputRoute {
+        // Martian sources (RFC 1812 section 5.3.7): multicast, limited broadcast, or one
+        // of our own addresses arriving from the wire (loopback is a separate path).
+        if src.is_multicast() || src.is_broadcast() || src.octets()[0] == 127 {
+            return InputRoute::Martian;
+        }
+        if dst.is_broadcast() || (src.is_unspecified() && dst.is_unspecified()) {
+            return InputRoute::Local { broadcast: true };
+        }
+        if dst.is_multicast() {
+            // Every host is a member of 224.0.0.1 (RFC 1112 section 4); we join no
+            // other group yet.
+            return if dst == Ipv4Addr::new(224, 0, 0, 1) {
+                InputRoute::Local { broadcast: true }
+            } else {
+                InputRoute::HostUnreachable
+            };
+        }
+        if dst.is_unspecified() || dst.octets()[0] == 127 {
+            return InputRoute::Martian;
+        }
+        // Our own address as source is only legitimate on loopback (fib_validate_source).
+        if ifindex != LOOPBACK_IFINDEX && self.fib.is_local(src) {
+            return InputRoute::Martian;
+        }
+        match self.fib.fib_lookup(dst) {
+            Some(e) if e.rtype == RouteType::Local => InputRoute::Local { broadcast: false },
+            Some(e) if e.rtype == RouteType::Broadcast => InputRoute::Local { broadcast: true },
+            _ if !self.config.ip_forward => InputRoute::HostUnreachable,
+            Some(e) if e.rtype == RouteType::Unicast => InputRoute::Forward(Rtable {
+                rtype: RouteType::Unicast,
+                nexthop: e.gateway.unwrap_or(dst),
+                src: e.prefsrc,
+                mtu: self.dev.mtu,
+            }),
+            Some(e) if e.rtype == RouteType::Blackhole => InputRoute::Martian,
+            Some(_) => InputRoute::HostUnreachable,
+            None => InputRoute::NetUnreachable,
+        }
+    }
+
+    /// `ip_rcv_options`: validate options (`ip_options_compile`); source-routed packets
+    /// are refused as with Linux's default `accept_source_route = 0`. Returns whether
+    /// the packet goes on.
+    fn ip_rcv_options(&mut self, skb: &Skb) -> bool {
+        let ip = Ipv4Packet::new_unchecked(skb.data());
+        for opt in ipv4::options_iter(ip.options()) {
+            match opt {
+                Err(_) => {
+                    self.snmp.ip.in_hdr_errors += 1;
+                    // RFC 1122 3.2.2.5: parameter problem, pointing at the options.
+                    self.icmp_send(skb, msg_type::PARAM_PROBLEM, 0, 20 << 24);
+                    return false;
+                }
+                // LSRR (131) and SSRR (137).
+                Ok(Ipv4Option::Other {
+                    kind: 131 | 137, ..
+                }) => {
+                    self.snmp.ip.in_discards += 1;
+                    tracing::trace!("drop: source-routed packet");
+                    return false;
+                }
+                Ok(_) => {}
+            }
+        }
+        true
+    }
+
+    /// `ip_local_deliver`: reassemble, then LOCAL_IN.
+    fn ip_local_deliver(&mut self, mut skb: Skb, broadcast: bool) {
+        let ip = Ipv4Packet::new_unchecked(skb.data());
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            // ip_defrag arrives with UDP (issue #3); until then a fragment cannot be
+            // delivered and is counted as a failed reassembly.
+            self.snmp.ip.reasm_reqds += 1;
+            self.snmp.ip.reasm_fails += 1;
+            tracing::trace!("drop: fragment (no ip_defrag yet)");
+            return;
+        }
+        if self
+            .nf
+            .nf_hook(NfHook::LocalIn, &mut skb, &mut self.snmp.nf)
+            == Verdict::Drop
+        {
+            return;
+        }
+        self.ip_local_deliver_finish(skb, broadcast);
+    }
+
+    /// `ip_local_deliver_finish` + `ip_protocol_deliver_rcu`: strip the IP header and
+    /// hand the packet to its transport protocol.
+    fn ip_local_deliver_finish(&mut self, mut skb: Skb, broadcast: bool) {
+        let ihl = Ipv4Packet::new_unchecked(skb.data()).header_len();
+        let protocol = skb.data()[9];
+        if skb.pull(ihl).is_err() {
+            self.snmp.ip.in_hdr_errors += 1;
+            return;
+        }
+        skb.reset_transport_header();
+        match protocol {
+            ipv4::protocol::ICMP => {
+                self.snmp.ip.in_delivers += 1;
+                self.icmp_rcv(skb, broadcast);
+            }
+            _ => {
+                self.snmp.ip.in_unknown_protos += 1;
+                tracing::trace!(protocol, "drop: no handler for protocol");
+                // RFC 1122 3.2.2.1: protocol unreachable (icmp_send skips broadcasts).
+                self.icmp_send(&skb, msg_type::DST_UNREACHABLE, unreach_code::PROTOCOL, 0);
+            }
+        }
+    }
+
+    /// `ip_forward` (net/ipv4/ip_forward.c): RFC 1812 section 5.2/5.3 checks, FORWARD,
+    /// TTL decrement with an incremental checksum update (RFC 1624), then output.
+    fn ip_forward(&mut self, mut skb: Skb, rt: Rtable) {
+        if skb.pkt_type != PktType::Host {
+            self.snmp.ip.in_discards += 1;
+            return;
+        }
+        let ip = Ipv4Packet::new_unchecked(skb.data());
+        let (ttl, len, df) = (ip.ttl(), ip.total_len() as usize, ip.dont_frag());
+        if ttl <= 1 {
+            self.snmp.ip.in_hdr_errors += 1;
+            self.icmp_send(&skb, msg_type::TIME_EXCEEDED, time_exceeded_code::TTL, 0);
+            return;
+        }
+        if len > rt.mtu && df {
+            self.snmp.ip.frag_fails += 1;
+            // RFC 1191: tell the sender the MTU of the next hop.
+            self.icmp_send(
+                &skb,
+                msg_type::DST_UNREACHABLE,
+                unreach_code::FRAG_NEEDED,
+                rt.mtu as u32,
+            );
+            return;
+        }
+        if self
+            .nf
+            .nf_hook(NfHook::Forward, &mut skb, &mut self.snmp.nf)
+            == Verdict::Drop
+        {
+            return;
+        }
+        // ip_decrease_ttl: TTL is the high byte of the 16-bit word at offset 8.
+        let hdr = skb.data_mut();
+        let old = u16::from_be_bytes([hdr[8], hdr[9]]);
+        hdr[8] = ttl - 1;
+        let new = u16::from_be_bytes([hdr[8], hdr[9]]);
+        let csum = u16::from_be_bytes([hdr[10], hdr[11]]);
+        hdr[10..12].copy_from_slice(&checksum::update16(csum, old, new).to_be_bytes());
+        self.snmp.ip.forw_datagrams += 1;
+        skb.reset_network_header();
+        // Failures past this point (a POST_ROUTING drop) are counted where they happen.
+        let _ = self.ip_output(skb, rt);
+    }
+}

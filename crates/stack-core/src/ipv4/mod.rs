@@ -1,0 +1,87 @@
+//! IPv4 (net/ipv4/): routing, ingress (`ip_rcv` .. `ip_local_deliver`, `ip_forward`),
+//! egress (`ip_queue_xmit` .. `ip_finish_output2`).
+
+pub mod input;
+pub mod output;
+pub mod route;
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use route::RouteType;
+
+/// Linux's default TTL (`net.ipv4.ip_default_ttl`).
+pub const DEFAULT_TTL: u8 = 64;
+
+/// The result of an output route lookup (`struct rtable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rtable {
+    pub rtype: RouteType,
+    /// The address to resolve on the link: the gateway, or the destination itself.
+    pub nexthop: Ipv4Addr,
+    /// Source address for packets we originate on this route.
+    pub src: Ipv4Addr,
+    /// Path MTU (the device MTU until PMTU discovery lands).
+    pub mtu: usize,
+}
+
+/// Why a packet could not be sent; each maps to the errno Linux returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// No route (ENETUNREACH).
+    NetUnreachable,
+    /// Route says unreachable (EHOSTUNREACH).
+    HostUnreachable,
+    /// Larger than the path allows with DF, or than an IPv4 datagram (EMSGSIZE).
+    MessageTooLong,
+    /// Dropped by a LOCAL_OUT or POST_ROUTING rule (EPERM).
+    PermissionDenied,
+    /// A queue was full (ENOBUFS).
+    NoBufferSpace,
+    /// The socket handle does not exist (EBADF).
+    BadSocket,
+    /// An argument is not acceptable (EINVAL).
+    InvalidInput,
+}
+
+impl SendError {
+    /// The Linux errno of this error.
+    pub fn errno(self) -> i32 {
+        match self {
+            SendError::NetUnreachable => 101,
+            SendError::HostUnreachable => 113,
+            SendError::MessageTooLong => 90,
+            SendError::PermissionDenied => 1,
+            SendError::NoBufferSpace => 105,
+            SendError::BadSocket => 9,
+            SendError::InvalidInput => 22,
+        }
+    }
+}
+
+impl From<SendError> for io::Error {
+    fn from(e: SendError) -> io::Error {
+        // The same error a Linux socket call returns, so `kind()` and the message
+        // match what users see from std/tokio sockets.
+        io::Error::from_raw_os_error(e.errno())
+    }
+}
+
+impl core::fmt::Display for SendError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(&io::Error::from(*self), f)
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Header fields for `ip_queue_xmit`.
+#[derive(Clone, Copy, Debug)]
+pub struct IpParams {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    pub tos: u8,
+    pub ttl: u8,
+    pub dont_frag: bool,
+}

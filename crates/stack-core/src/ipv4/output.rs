@@ -1,0 +1,209 @@
+//! IPv4 egress: `ip_route_output` -> `ip_queue_xmit` -> `__ip_local_out` (LOCAL_OUT) ->
+//! `ip_output` (POST_ROUTING) -> `ip_finish_output` -> `ip_finish_output2` ->
+//! neighbour output (net/ipv4/ip_output.c, route.c).
+
+use std::net::Ipv4Addr;
+
+use super::route::RouteType;
+use super::{IpParams, Rtable, SendError};
+use crate::netfilter::{NfHook, Verdict};
+use crate::skb::Skb;
+use crate::stack::{Stack, LOOPBACK_IFINDEX};
+use crate::wire::ethernet::ethertype;
+use crate::wire::ipv4::{Ipv4Options, Ipv4Packet, Ipv4Repr};
+use crate::wire::MacAddr;
+
+/// Largest IPv4 datagram (RFC 791 total length is 16 bits).
+pub const IP_MAX_PACKET: usize = 65535;
+
+/// How many looped-back packets may wait (`netdev_max_backlog`).
+pub const LOOPBACK_BACKLOG: usize = 1000;
+
+impl Stack {
+    /// `ip_route_output_key`: the route for a packet we originate to `dst`.
+    pub(crate) fn ip_route_output(&mut self, dst: Ipv4Addr) -> Result<Rtable, SendError> {
+        let our = self.config.addr;
+        if dst.is_broadcast() {
+            return Ok(Rtable {
+                rtype: RouteType::Broadcast,
+                nexthop: dst,
+                src: our,
+                mtu: self.dev.mtu,
+            });
+        }
+        if dst.is_multicast() {
+            return Ok(Rtable {
+                rtype: RouteType::Unicast,
+                nexthop: dst,
+                src: our,
+                mtu: self.dev.mtu,
+            });
+        }
+        let Some(e) = self.fib.fib_lookup(dst).copied() else {
+            self.snmp.ip.out_no_routes += 1;
+            return Err(SendError::NetUnreachable);
+        };
+        let mtu = if e.rtype == RouteType::Local {
+            IP_MAX_PACKET
+        } else {
+            self.dev.mtu
+        };
+        match e.rtype {
+            RouteType::Unicast | RouteType::Local | RouteType::Broadcast => Ok(Rtable {
+                rtype: e.rtype,
+                nexthop: e.gateway.unwrap_or(dst),
+                src: e.prefsrc,
+                mtu,
+            }),
+            RouteType::Unreachable | RouteType::Blackhole => {
+                self.snmp.ip.out_no_routes += 1;
+                Err(SendError::HostUnreachable)
+            }
+        }
+    }
+
+    /// `ip_queue_xmit` / `ip_build_and_send_pkt`: push the IPv4 header in front of the
+    /// transport data (`data` at the transport header) and send it on `rt`.
+    #[tracing::instrument(level = "trace", name = "ip_queue_xmit", skip_all, fields(dst = %p.dst))]
+    pub(crate) fn ip_queue_xmit(
+        &mut self,
+        mut skb: Skb,
+        rt: &Rtable,
+        p: IpParams,
+    ) -> Result<(), SendError> {
+        let payload_len = skb.len();
+        let repr = Ipv4Repr {
+            src: p.src,
+            dst: p.dst,
+            protocol: p.protocol,
+            ttl: p.ttl,
+            tos: p.tos,
+            ident: self.ip_select_ident(),
+            dont_frag: p.dont_frag,
+            more_frags: false,
+            frag_offset: 0,
+            payload_len,
+            options: Ipv4Options::default(),
+        };
+        if payload_len + repr.header_len() > IP_MAX_PACKET {
+            return Err(SendError::MessageTooLong);
+        }
+        match skb.push(repr.header_len()) {
+            Ok(hdr) => repr.emit(hdr),
+            Err(_) => {
+                self.snmp.ip.out_discards += 1;
+                return Err(SendError::NoBufferSpace);
+            }
+        }
+        skb.reset_network_header();
+        skb.protocol = ethertype::IPV4;
+        self.ip_local_out(skb, rt)
+    }
+
+    /// Per-packet IP identification (`ip_select_ident`). RFC 6864 only needs IDs unique
+    /// per source/destination/protocol within the reassembly lifetime; a counter started
+    /// at a random value does that without leaking a global sequence from time zero.
+    fn ip_select_ident(&mut self) -> u16 {
+        self.ip_ident = self.ip_ident.wrapping_add(1);
+        self.ip_ident
+    }
+
+    /// `__ip_local_out` + `dst_output`: LOCAL_OUT, then the route's output function.
+    fn ip_local_out(&mut self, mut skb: Skb, rt: &Rtable) -> Result<(), SendError> {
+        if self
+            .nf
+            .nf_hook(NfHook::LocalOut, &mut skb, &mut self.snmp.nf)
+            == Verdict::Drop
+        {
+            return Err(SendError::PermissionDenied);
+        }
+        self.ip_output(skb, *rt)
+    }
+
+    /// `ip_output`: count, POST_ROUTING, `ip_finish_output`.
+    pub(crate) fn ip_output(&mut self, mut skb: Skb, rt: Rtable) -> Result<(), SendError> {
+        self.snmp.ip.out_requests += 1;
+        self.snmp.ip_ext.out_octets += skb.len() as u64;
+        if self
+            .nf
+            .nf_hook(NfHook::PostRouting, &mut skb, &mut self.snmp.nf)
+            == Verdict::Drop
+        {
+            return Err(SendError::PermissionDenied);
+        }
+        self.ip_finish_output(skb, rt)
+    }
+
+    /// `ip_finish_output`: packets over the MTU need `ip_fragment`.
+    fn ip_finish_output(&mut self, skb: Skb, rt: Rtable) -> Result<(), SendError> {
+        if skb.len() > rt.mtu {
+            // ip_fragment arrives with UDP (issue #3). With DF set this is EMSGSIZE in
+            // Linux too; without DF it is, for now, the same refusal.
+            self.snmp.ip.frag_fails += 1;
+            return Err(SendError::MessageTooLong);
+        }
+        self.ip_finish_output2(skb, rt);
+        Ok(())
+    }
+
+    /// `ip_finish_output2`: pick the link-layer destination: broadcast, the multicast
+    /// mapping (RFC 1112 section 6.4), loopback for our own addresses, or the neighbour
+    /// table for everything else.
+    fn ip_finish_output2(&mut self, skb: Skb, rt: Rtable) {
+        match rt.rtype {
+            RouteType::Local => self.loopback_xmit(skb),
+            RouteType::Broadcast => {
+                self.snmp.ip_ext.out_bcast_pkts += 1;
+                self.dev_hard_header_xmit(skb, MacAddr::BROADCAST, ethertype::IPV4)
+            }
+            _ if rt.nexthop.is_multicast() => {
+                self.snmp.ip_ext.out_mcast_pkts += 1;
+                let mac = MacAddr::from_ipv4_multicast(rt.nexthop);
+                self.dev_hard_header_xmit(skb, mac, ethertype::IPV4)
+            }
+            _ => {
+                let mut actions = Vec::new();
+                self.neigh
+                    .resolve_output(self.now, rt.nexthop, skb, &mut actions);
+                self.run_neigh_actions(actions);
+            }
+        }
+    }
+
+    /// The loopback device's `ndo_start_xmit` -> `netif_rx`: our own packet comes back in
+    /// through `ip_rcv` once the current entry point has finished.
+    fn loopback_xmit(&mut self, mut skb: Skb) {
+        if self.backlog.len() >= LOOPBACK_BACKLOG {
+            self.snmp.ip.out_discards += 1;
+            return;
+        }
+        skb.ifindex = LOOPBACK_IFINDEX;
+        self.backlog.push_back(skb);
+    }
+
+    /// `process_backlog` for the loopback device. Bounded by the backlog limit per call
+    /// so a packet that loops (an error about an error) cannot spin forever.
+    pub(crate) fn process_backlog(&mut self) {
+        for _ in 0..LOOPBACK_BACKLOG {
+            let Some(skb) = self.backlog.pop_front() else {
+                return;
+            };
+            self.ip_rcv(skb);
+        }
+    }
+
+    /// `ipv4_link_failure`: the neighbour of a queued packet never answered; tell its
+    /// sender (for our own packets that sender is us, and the error reaches the socket
+    /// through loopback like any ICMP error).
+    pub(crate) fn ipv4_link_failure(&mut self, skb: Skb) {
+        self.snmp.ip.out_discards += 1;
+        if Ipv4Packet::new_checked(skb.data()).is_ok() {
+            self.icmp_send(
+                &skb,
+                crate::wire::icmpv4::msg_type::DST_UNREACHABLE,
+                crate::wire::icmpv4::unreach_code::HOST,
+                0,
+            );
+        }
+    }
+}
