@@ -217,6 +217,107 @@ impl Future for Protocol {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
+    use futures::SinkExt;
+    use stack_core::stack::StackConfig;
+    use stack_core::wire::MacAddr;
+
+    const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+    /// "Who has 192.0.2.2? Tell 192.0.2.1", from the peer.
+    fn arp_request_from_peer() -> Skb {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&PEER_MAC);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&PEER_MAC);
+        f.extend_from_slice(&PEER_IP.octets());
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&OUR_IP.octets());
+        Skb::from_vec(f)
+    }
+
+    fn run(job: impl FnOnce(&mut StackCtx<'_>) + Send + 'static) -> Command {
+        Command::Run(Box::new(job))
+    }
+
+    /// The protocol task with a fake device: we play the device loop on the rings.
+    #[test]
+    fn full_tx_ring_leaves_frames_in_the_core_until_there_is_room() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let clock = Clock::start();
+            let stack = Stack::new(
+                StackConfig::new(MacAddr(OUR_MAC), OUR_IP, 24),
+                clock.now(),
+                1,
+            );
+            let (mut rx_in, rx_ring) = mpsc::channel(16);
+            // Buffer 0: the ring holds one frame (the sender's own slot).
+            let (tx_ring, mut tx_out) = mpsc::channel(0);
+            let (mut commands, command_rx) = mpsc::channel(16);
+            let task =
+                tokio::task::spawn_local(Protocol::new(stack, clock, rx_ring, tx_ring, command_rx));
+
+            // The peer asks for us: the core learns its MAC and answers.
+            rx_in.send(arp_request_from_peer()).await.unwrap();
+            // Eight echo requests in one command: eight more frames.
+            let (done_tx, done_rx) = futures::channel::oneshot::channel();
+            commands
+                .send(run(move |ctx| {
+                    let id = ctx.stack.ping_open();
+                    for seq in 0..8 {
+                        ctx.stack
+                            .ping_sendmsg(ctx.now, id, PEER_IP, seq, b"x")
+                            .expect("send");
+                    }
+                    let _ = done_tx.send(());
+                }))
+                .await
+                .unwrap();
+            done_rx.await.unwrap();
+            tokio::task::yield_now().await;
+
+            // The ring is full with one frame; the rest wait in the core.
+            let (pending_tx, pending_rx) = futures::channel::oneshot::channel();
+            commands
+                .send(run(move |ctx| {
+                    let _ = pending_tx.send(ctx.stack.tx_pending());
+                }))
+                .await
+                .unwrap();
+            let pending = pending_rx.await.unwrap();
+            assert!(pending >= 8, "frames must stay in the core, got {pending}");
+
+            // Take them one at a time: each freed slot wakes the task to move the next.
+            // ARP frames (our announcement, request, reply) come in between.
+            let mut echo_seqs = Vec::new();
+            while echo_seqs.len() < 8 {
+                let skb = tokio::time::timeout(Duration::from_secs(2), tx_out.next())
+                    .await
+                    .expect("the next frame once there is room")
+                    .expect("TX ring open");
+                let f = skb.data();
+                if u16::from_be_bytes([f[12], f[13]]) == 0x0800 {
+                    let icmp = &f[14 + 20..];
+                    assert_eq!(icmp[0], 8, "echo request");
+                    echo_seqs.push(u16::from_be_bytes([icmp[6], icmp[7]]));
+                }
+            }
+            assert_eq!(echo_seqs, (0..8).collect::<Vec<u16>>());
+
+            // Closing the command channel ends the task.
+            drop(commands);
+            assert_eq!(task.await.unwrap(), Exit::Handles);
+        });
+    }
 
     #[test]
     fn clock_maps_elapsed_time_and_deadlines() {
