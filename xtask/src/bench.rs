@@ -1,0 +1,333 @@
+//! `cargo xtask bench`: ustack against the Linux kernel, measured the same way in one run.
+//!
+//! Two targets at the same addresses: ustack answering on a TAP (the kernel, 192.0.2.1, pings
+//! ustack at 192.0.2.2), and the kernel answering on a veth pair between two namespaces (the
+//! kernel at 192.0.2.1 pings another kernel at 192.0.2.2). The client is the kernel's ping in
+//! both, so the difference is the responder and its link. Each probe yields rows; the table lists
+//! every row with both columns and their ratio. UDP and TCP probes are meant to join `PROBES`.
+
+use std::time::{Duration, Instant};
+
+use testbed::{parse_ping_summary, parse_ping_times, percentile, Child, Netns};
+
+use crate::deps::ensure_packages;
+use crate::util::{self, check_interrupt, step, Result};
+
+const CLIENT_CIDR: &str = "192.0.2.1/24";
+const SERVER_CIDR: &str = "192.0.2.2/24";
+const SERVER_IP: &str = "192.0.2.2";
+
+/// Flood ping: enough echoes for a stable rate, few enough to finish in seconds.
+const FLOOD_COUNT: &str = "20000";
+/// Paced ping for the latency distribution: 2000 samples, one every 2 ms (4 s).
+const RTT_COUNT: &str = "2000";
+const RTT_INTERVAL: &str = "0.002";
+/// Upper bound on any single ping run (ping -w), so a stalled responder cannot hang the bench.
+const PING_DEADLINE_S: &str = "30";
+
+/// One measured quantity of the table.
+struct Sample {
+    row: &'static str,
+    value: f64,
+}
+
+/// Where a probe runs: its ping runs in `client`, against `server_ip`.
+struct Target<'a> {
+    client: &'a Netns,
+    server_ip: &'static str,
+}
+
+/// A probe's output: its samples, and remarks worth printing under the table (loss, say).
+#[derive(Default)]
+struct Measured {
+    samples: Vec<Sample>,
+    notes: Vec<String>,
+}
+
+type Probe = fn(&Target<'_>) -> Result<Measured>;
+
+/// Every probe, in table order. Each must work against any responder at `server_ip`.
+const PROBES: &[(&str, Probe)] = &[("icmp echo flood", echo_rate), ("icmp echo rtt", echo_rtt)];
+
+/// The rows, in table order; a probe's samples land in the row of the same name.
+const ROWS: &[&str] = &[
+    "ICMP echo rate (pkt/s)",
+    "ICMP RTT p50 (µs)",
+    "ICMP RTT p99 (µs)",
+];
+
+/// What one target gave: its samples, and the errors of the probes (or setup) that failed.
+#[derive(Default)]
+struct Column {
+    samples: Vec<Sample>,
+    errors: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl Column {
+    fn get(&self, row: &str) -> Option<f64> {
+        self.samples.iter().find(|s| s.row == row).map(|s| s.value)
+    }
+}
+
+pub fn run() -> Result {
+    util::require_root()?;
+    ensure_packages(&["iproute2", "iputils-ping"])?;
+    step("building ustack (release)");
+    let bin = util::build_ustack(true)?;
+    let start = Instant::now();
+
+    step("target 1/2: ustack on TAP ustack0");
+    let ustack = measure_ustack(&bin);
+    check_interrupt()?;
+    step("target 2/2: Linux kernel on a veth pair");
+    let kernel = measure_kernel();
+    check_interrupt()?;
+
+    step(&format!(
+        "results ({:.0} s of measurement)",
+        start.elapsed().as_secs_f64()
+    ));
+    print_table(&ustack, &kernel);
+    let mut failed = false;
+    for (name, col) in [("ustack", &ustack), ("kernel veth", &kernel)] {
+        for note in &col.notes {
+            println!("note ({name}): {note}");
+        }
+        for err in &col.errors {
+            println!("error ({name}): {err}");
+            failed = true;
+        }
+    }
+    if failed {
+        Err("some measurements failed (see above)".to_string())
+    } else {
+        Ok(())
+    }
+}
+
+fn measure_ustack(bin: &std::path::Path) -> Column {
+    let mut col = Column::default();
+    let setup = || -> Result<(Netns, Child)> {
+        let ns = Netns::new("bench-ustack").map_err(|e| e.to_string())?;
+        ns.add_tap("ustack0", CLIENT_CIDR)
+            .map_err(|e| e.to_string())?;
+        let mut cmd = ns.cmd(bin);
+        cmd.args(["host", "--tap", "ustack0", "--addr", SERVER_CIDR]);
+        let host = Child::spawn(cmd).map_err(|e| e.to_string())?;
+        Ok((ns, host))
+    };
+    let (ns, mut host) = match setup() {
+        Ok(x) => x,
+        Err(e) => {
+            col.errors.push(format!("setup: {e}"));
+            return col;
+        }
+    };
+    let target = Target {
+        client: &ns,
+        server_ip: SERVER_IP,
+    };
+    if let Err(e) = wait_answering(&target, Some(&mut host)) {
+        col.errors.push(e);
+        return col;
+    }
+    run_probes(&target, &mut col);
+    // Stop it ourselves to say how it ended; the guards would also clean up.
+    let out = host.stop();
+    if !out.success() {
+        col.errors
+            .push(format!("ustack host did not exit cleanly:\n{out}"));
+    }
+    col
+}
+
+fn measure_kernel() -> Column {
+    let mut col = Column::default();
+    let setup = || -> Result<(Netns, Netns)> {
+        let client = Netns::new("bench-kcli").map_err(|e| e.to_string())?;
+        let server = Netns::new("bench-ksrv").map_err(|e| e.to_string())?;
+        testbed::veth_pair(&client, "veth0", CLIENT_CIDR, &server, "veth1", SERVER_CIDR)
+            .map_err(|e| e.to_string())?;
+        Ok((client, server))
+    };
+    let (client, _server) = match setup() {
+        Ok(x) => x,
+        Err(e) => {
+            col.errors.push(format!("setup: {e}"));
+            return col;
+        }
+    };
+    let target = Target {
+        client: &client,
+        server_ip: SERVER_IP,
+    };
+    if let Err(e) = wait_answering(&target, None) {
+        col.errors.push(e);
+        return col;
+    }
+    run_probes(&target, &mut col);
+    col
+}
+
+fn run_probes(target: &Target<'_>, col: &mut Column) {
+    for (name, probe) in PROBES {
+        if util::interrupted() {
+            return;
+        }
+        println!("    {name} ...");
+        util::flush();
+        match probe(target) {
+            Ok(m) => {
+                col.samples.extend(m.samples);
+                col.notes
+                    .extend(m.notes.into_iter().map(|n| format!("{name}: {n}")));
+            }
+            Err(e) => col.errors.push(format!("{name}: {e}")),
+        }
+    }
+}
+
+/// Ready when one ping gets an answer; that also settles ARP before anything is timed.
+fn wait_answering(target: &Target<'_>, mut host: Option<&mut Child>) -> Result {
+    let mut exited = None;
+    let ok = testbed::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        if util::interrupted() {
+            return true;
+        }
+        if let Some(Ok(Some(status))) = host.as_mut().map(|h| h.try_wait()) {
+            exited = Some(status);
+            return true;
+        }
+        ping(target, &["-c", "1", "-W", "1"]).is_ok_and(|(ok, _)| ok)
+    });
+    check_interrupt()?;
+    let diag = || {
+        host.as_ref()
+            .map(|h| format!("; ustack stderr:\n{}", h.stderr_so_far()))
+            .unwrap_or_default()
+    };
+    if let Some(status) = exited {
+        return Err(format!(
+            "the responder exited at startup ({status}){}",
+            diag()
+        ));
+    }
+    if !ok {
+        return Err(format!(
+            "{} did not answer a ping within 10 s{}",
+            target.server_ip,
+            diag()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the kernel's ping in the client namespace with `args`; (success, stdout).
+fn ping(target: &Target<'_>, args: &[&str]) -> Result<(bool, String)> {
+    let mut cmd = target.client.cmd("ping");
+    cmd.args(args).arg(target.server_ip);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", util::show(&cmd)))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// Flood ping: a new request as soon as the previous reply arrives (or every 10 ms without one),
+/// so the rate is one echo round trip after another, the responder's full turnaround included.
+fn echo_rate(target: &Target<'_>) -> Result<Measured> {
+    let started = Instant::now();
+    let (_, out) = ping(
+        target,
+        &["-f", "-q", "-c", FLOOD_COUNT, "-w", PING_DEADLINE_S],
+    )?;
+    let wall = started.elapsed();
+    let s = parse_ping_summary(&out).ok_or_else(|| format!("no ping summary in:\n{out}"))?;
+    if s.received == 0 {
+        return Err(format!("no replies:\n{out}"));
+    }
+    // ping's own "time" excludes process start-up; fall back to the wall clock.
+    let secs = s
+        .time_ms
+        .filter(|&ms| ms > 0)
+        .map_or(wall.as_secs_f64(), |ms| ms as f64 / 1000.0);
+    let mut m = Measured::default();
+    m.samples.push(Sample {
+        row: ROWS[0],
+        value: s.received as f64 / secs,
+    });
+    if s.received < s.transmitted {
+        // Flood ping waits 10 ms for each lost reply, so loss already lowers the rate; say why.
+        m.notes.push(format!(
+            "{} of {} echoes lost ({}%)",
+            s.transmitted - s.received,
+            s.transmitted,
+            s.loss_percent
+        ));
+    }
+    Ok(m)
+}
+
+/// Paced ping, every reply's `time=` collected: percentiles computed here (nearest rank), since
+/// ping itself only reports min/avg/max/mdev.
+fn echo_rtt(target: &Target<'_>) -> Result<Measured> {
+    let (_, out) = ping(
+        target,
+        &[
+            "-n",
+            "-i",
+            RTT_INTERVAL,
+            "-c",
+            RTT_COUNT,
+            "-w",
+            PING_DEADLINE_S,
+        ],
+    )?;
+    let times = parse_ping_times(&out);
+    if times.is_empty() {
+        return Err(format!(
+            "no replies:\n{}",
+            out.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+        ));
+    }
+    let us = |p: f64| percentile(&times, p).map(|ms| ms * 1000.0);
+    let mut m = Measured {
+        samples: [(ROWS[1], us(50.0)), (ROWS[2], us(99.0))]
+            .into_iter()
+            .filter_map(|(row, v)| v.map(|value| Sample { row, value }))
+            .collect(),
+        notes: Vec::new(),
+    };
+    let want: usize = RTT_COUNT.parse().unwrap_or(0);
+    if times.len() < want {
+        m.notes
+            .push(format!("{} of {want} echoes answered", times.len()));
+    }
+    Ok(m)
+}
+
+fn print_table(ustack: &Column, kernel: &Column) {
+    let fmt = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"));
+    let width = ROWS.iter().map(|r| r.chars().count()).max().unwrap_or(0);
+    println!(
+        "{:<width$}  {:>12}  {:>12}  {:>14}",
+        "", "ustack", "kernel veth", "ustack/kernel"
+    );
+    for row in ROWS {
+        let (u, k) = (ustack.get(row), kernel.get(row));
+        let ratio = match (u, k) {
+            (Some(u), Some(k)) if k > 0.0 => format!("{:.2}", u / k),
+            _ => "n/a".to_string(),
+        };
+        // Width counts chars, not bytes, so "µ" pads right.
+        println!(
+            "{row:<width$}  {:>12}  {:>12}  {:>14}",
+            fmt(u),
+            fmt(k),
+            ratio
+        );
+    }
+}
