@@ -27,6 +27,14 @@ fn ns_with_tap() -> NetNs {
     ns
 }
 
+/// Spawn the stack on `ustack0` (call inside the namespace) and wait until the kernel
+/// will send to it.
+fn spawn_up(ns_name: &str) -> StackHandle {
+    let handle = StackHandle::spawn("ustack0", config(), 7).expect("spawn");
+    netns::wait_oper_up(ns_name, "ustack0");
+    handle
+}
+
 fn thread_alive(tid: i32) -> bool {
     std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
 }
@@ -109,8 +117,9 @@ fn spawn_errors_come_back_synchronously() {
 #[ignore = "needs root and a network namespace: run with cargo xtask test"]
 fn ping_the_kernel_from_futures_and_tokio() {
     let ns = ns_with_tap();
-    ns.run_in(LIMIT, || {
-        let handle = StackHandle::spawn("ustack0", config(), 7).expect("spawn");
+    let ns_name = ns.name().to_owned();
+    ns.run_in(LIMIT, move || {
+        let handle = spawn_up(&ns_name);
 
         // futures' executor.
         let sock = futures::executor::block_on(PingSocket::open(&handle)).expect("open");
@@ -161,8 +170,9 @@ fn ping_the_kernel_from_futures_and_tokio() {
 #[ignore = "needs root and a network namespace: run with cargo xtask test"]
 fn unresolved_neighbour_reports_host_unreachable() {
     let ns = ns_with_tap();
-    ns.run_in(LIMIT, || {
-        let handle = StackHandle::spawn("ustack0", config(), 7).expect("spawn");
+    let ns_name = ns.name().to_owned();
+    ns.run_in(LIMIT, move || {
+        let handle = spawn_up(&ns_name);
         futures::executor::block_on(async {
             let sock = PingSocket::open(&handle).await.expect("open");
             // Nobody has 192.0.2.99: ARP gives up after its probes (driven by the stack

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::netns::{inject_frame, NetNs};
+use common::netns::{inject_frame, wait_oper_up, NetNs};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use stack_core::{Skb, SkbPool};
@@ -97,8 +97,10 @@ fn device_loop_moves_frames_both_ways() {
     ns.add_tap("ustack0");
     let before = ns.kernel_rx_packets("ustack0");
 
-    let stats = ns.run_in(LIMIT, || {
+    let ns_name = ns.name().to_owned();
+    let stats = ns.run_in(LIMIT, move || {
         let tap = Tap::attach("ustack0").expect("attach");
+        wait_oper_up(&ns_name, "ustack0");
         assert_eq!(tap.mtu(), 1500);
         assert!(tap.ifindex() > 0);
         let stats = Arc::new(IoStats::new());
@@ -208,8 +210,10 @@ fn full_rx_ring_drops_and_counts() {
     let ns = NetNs::new();
     ns.add_tap("ustack0");
 
-    let (stats, queued) = ns.run_in(LIMIT, || {
+    let ns_name = ns.name().to_owned();
+    let (stats, queued) = ns.run_in(LIMIT, move || {
         let tap = Tap::attach("ustack0").expect("attach");
+        wait_oper_up(&ns_name, "ustack0");
         let ifindex = tap.ifindex();
         let stats = Arc::new(IoStats::new());
         // Buffer 0: the ring holds one frame (futures' mpsc gives each sender a slot).

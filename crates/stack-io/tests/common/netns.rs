@@ -127,6 +127,27 @@ impl Drop for NetNs {
     }
 }
 
+/// Wait until `dev` in namespace `ns` is operationally up.
+///
+/// Attaching to a TAP turns its carrier on, but the kernel acts on that in linkwatch,
+/// up to a second later; until then the device's qdisc is `noop` and the kernel's own
+/// frames towards the TAP are dropped. Tests that need the kernel to send wait here
+/// after attaching.
+pub fn wait_oper_up(ns: &str, dev: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let json = run("ip", &["-n", ns, "-j", "link", "show", dev]);
+        if json.contains("\"operstate\":\"UP\"") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dev} in {ns} is not up after 5 s: {json}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Move the calling thread (only) into the namespace bound at `path`.
 pub fn enter(path: &str) {
     let ns = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
