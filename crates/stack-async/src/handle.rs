@@ -36,6 +36,9 @@ pub const COMMAND_QUEUE: usize = 256;
 
 const THREAD_NAME: &str = "ustack-uring";
 
+/// How long `spawn` waits for the kernel to see the TAP's carrier (normally a few ms).
+const LINK_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) fn stopped() -> io::Error {
     io::Error::new(
         io::ErrorKind::NotConnected,
@@ -74,10 +77,21 @@ impl StackHandle {
     /// The TAP is attached here, on the calling thread, so a missing or busy device is
     /// reported by this call and the device is looked up in the caller's network
     /// namespace. The io_uring runtime is created before this returns, for the same
-    /// reason.
+    /// reason. It also waits (up to a second) for the kernel to consider the link
+    /// running, so the kernel's first frames to us are not dropped on its side.
     pub fn spawn(tap_name: &str, config: StackConfig, seed: u64) -> io::Result<StackHandle> {
         let tap = Tap::attach(tap_name)?;
         let ifindex = tap.ifindex();
+        // So that the kernel's first frames towards us are not dropped on its side.
+        match tap.wait_running(LINK_UP_WAIT) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                device = tap_name,
+                "the TAP device is not up and running; the kernel drops frames to it \
+                 until it is (ip link set {tap_name} up)"
+            ),
+            Err(e) => tracing::warn!(device = tap_name, "cannot read the device flags: {e}"),
+        }
         if config.mtu > tap.mtu() as usize {
             tracing::warn!(
                 device = tap_name,

@@ -27,11 +27,16 @@ fn ns_with_tap() -> NetNs {
     ns
 }
 
-/// Spawn the stack on `ustack0` (call inside the namespace) and wait until the kernel
-/// will send to it.
+/// Spawn the stack on `ustack0` (call inside the namespace). `spawn` itself waits for
+/// the kernel to bring the link up, so the kernel's replies are not dropped.
 fn spawn_up(ns_name: &str) -> StackHandle {
     let handle = StackHandle::spawn("ustack0", config(), 7).expect("spawn");
-    netns::wait_oper_up(ns_name, "ustack0");
+    let json = std::process::Command::new("ip")
+        .args(["-n", ns_name, "-j", "link", "show", "ustack0"])
+        .output()
+        .expect("ip");
+    let json = String::from_utf8_lossy(&json.stdout);
+    assert!(json.contains("\"operstate\":\"UP\""), "{json}");
     handle
 }
 

@@ -16,6 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
 
 /// `IFNAMSIZ` (include/uapi/linux/if.h) counts the terminating NUL.
 pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
@@ -89,6 +90,39 @@ impl Tap {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Wait until the interface is administratively up and operationally running.
+    ///
+    /// Attaching turns the TAP's carrier on, but the kernel acts on that in linkwatch
+    /// (`linkwatch_do_dev`), a little later; until then the device's qdisc is `noop` and
+    /// every frame the kernel sends towards us is dropped. Returns `Ok(false)` at once
+    /// if the interface is down (`ip link set NAME up` is missing), or after `timeout`.
+    /// Call it on a thread in the namespace the TAP was attached in.
+    pub fn wait_running(&self, timeout: Duration) -> io::Result<bool> {
+        let cname = CString::new(self.name.as_str()).expect("validated name");
+        let sock = ioctl_socket()?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut ifr = ifreq_for(&cname);
+            // SAFETY: SIOCGIFFLAGS fills `ifr_flags` of the `struct ifreq` we pass.
+            let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: the kernel wrote the `ifru_flags` member.
+            let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags });
+            if flags & libc::IFF_UP == 0 {
+                return Ok(false);
+            }
+            if flags & libc::IFF_RUNNING != 0 {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The interface index in the namespace the TAP was attached in.
