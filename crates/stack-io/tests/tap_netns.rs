@@ -325,9 +325,19 @@ fn attach_errors_say_what_is_wrong() {
     ns.ip(&[
         "link", "add", "usveth0", "type", "veth", "peer", "name", "usveth1",
     ]);
+    ns.ip(&["tuntap", "add", "dev", "usdown0", "mode", "tap"]);
 
     let messages = ns.run_in(LIMIT, || {
         let first = Tap::attach("ustack0").expect("attach");
+        assert!(first.wait_running(LIMIT).expect("flags"), "ustack0 is up");
+        let down = Tap::attach("usdown0").expect("attach");
+        let t = std::time::Instant::now();
+        assert!(!down.wait_running(LIMIT).expect("flags"), "usdown0 is down");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "no waiting for a down link"
+        );
+        drop(down);
         let msg = |name: &str| Tap::attach(name).expect_err(name).to_string();
         let m = vec![
             msg("ustack0"),
