@@ -1,1 +1,79 @@
-fn main() {}
+//! `ustack`: run a userspace TCP/IP host on a TAP device.
+//!
+//! `ustack host` answers ARP and ping until SIGINT/SIGTERM and prints its counters on
+//! the way out; `ustack ping` sends echo requests from our stack like ping(8).
+
+mod cli;
+mod ping;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, HostArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("USTACK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ustack: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Host(args) => rt.block_on(host(args)),
+        Command::Ping(args) => rt.block_on(ping::run(args)),
+    }
+}
+
+/// `ustack host`: serve until a signal, then print the counters.
+async fn host(args: HostArgs) -> ExitCode {
+    let (handle, config) = match args.link.spawn() {
+        Ok(v) => v,
+        Err(msg) => {
+            eprintln!("ustack: {msg}");
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!(
+        "ustack: host {}/{} ({}) on {}",
+        config.addr, config.prefix_len, config.mac, args.link.tap
+    );
+    if let Err(e) = wait_for_signal().await {
+        eprintln!("ustack: cannot wait for signals: {e}");
+        return ExitCode::from(1);
+    }
+    match cli::counters(&handle).await {
+        Ok(text) => print!("{text}"),
+        Err(e) => {
+            eprintln!("ustack: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    if let Err(e) = handle.shutdown() {
+        eprintln!("ustack: {e}");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
