@@ -36,6 +36,7 @@ impl Stack {
     }
 
     /// `arp_process`: answer requests for our address, learn the sender.
+    #[tracing::instrument(level = "trace", name = "arp_process", skip_all)]
     fn arp_process(&mut self, pkt_type: PktType, arp: ArpRepr) {
         let our_addr = self.config.addr;
         if arp.sender_ip == our_addr {
@@ -129,6 +130,7 @@ impl Stack {
     }
 
     /// `arp_send`: build and queue one ARP packet.
+    #[tracing::instrument(level = "trace", name = "arp_send", skip_all)]
     fn arp_send(
         &mut self,
         op: ArpOp,

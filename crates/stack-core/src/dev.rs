@@ -191,6 +191,7 @@ impl Stack {
 
     /// `__qdisc_run`: move packets from the qdisc to the TX ring until it is empty or the
     /// ring is full, stopping the queue in the latter case.
+    #[tracing::instrument(level = "trace", name = "qdisc_run", skip_all)]
     fn qdisc_run(&mut self) {
         let dev = &mut self.dev;
         while !dev.stopped {

@@ -169,6 +169,7 @@ impl Stack {
     /// `icmp_echo` + `icmp_reply`: turn the request into the reply in place (RFC 792:
     /// same identifier, sequence and data; type 0) with an incremental checksum update,
     /// and send it back from the address it was sent to.
+    #[tracing::instrument(level = "trace", name = "icmp_echo", skip_all)]
     fn icmp_echo(&mut self, mut skb: Skb) {
         let Some(iph) = skb
             .network_header()
@@ -213,6 +214,7 @@ impl Stack {
     /// `icmp_unreach` / `icmp_err` dispatch: find the protocol of the quoted datagram
     /// and let its error handler tell the socket (RFC 1122 3.2.2.1: the transport layer
     /// must be told).
+    #[tracing::instrument(level = "trace", name = "icmp_unreach", skip_all)]
     fn icmp_unreach(&mut self, skb: &Skb) {
         let Ok(packet) = Icmpv4Packet::new_checked(skb.data()) else {
             return;
@@ -243,6 +245,7 @@ impl Stack {
     /// header must be set) to its source, unless RFC 1122 section 3.2.2 forbids it:
     /// no errors about ICMP errors, non-first fragments, or datagrams to or from
     /// broadcast/multicast addresses; rate limited per destination and globally.
+    #[tracing::instrument(level = "trace", name = "icmp_send", skip_all)]
     pub(crate) fn icmp_send(&mut self, skb_in: &Skb, t: u8, code: u8, info: u32) {
         let Some(nh) = skb_in.network_header() else {
             return;

@@ -148,6 +148,7 @@ impl Stack {
     }
 
     /// `ping_v4_sendmsg`: send one echo request (RFC 792) with the socket's identifier.
+    #[tracing::instrument(level = "trace", name = "ping_sendmsg", skip_all)]
     pub fn ping_sendmsg(
         &mut self,
         now: Instant,
@@ -206,6 +207,7 @@ impl Stack {
     }
 
     /// `ping_rcv`: an echo reply; `data` at the ICMP header.
+    #[tracing::instrument(level = "trace", name = "ping_rcv", skip_all)]
     pub(crate) fn ping_rcv(&mut self, skb: &Skb) {
         let Ok(p) = Icmpv4Packet::new_checked(skb.data()) else {
             return;
@@ -229,6 +231,7 @@ impl Stack {
     }
 
     /// `ping_err`: an ICMP error quoting one of our echo requests.
+    #[tracing::instrument(level = "trace", name = "ping_err", skip_all)]
     pub(crate) fn ping_err(
         &mut self,
         from: Ipv4Addr,

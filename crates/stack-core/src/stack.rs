@@ -220,6 +220,7 @@ impl Stack {
     }
 
     /// Run every timer due at `now`.
+    #[tracing::instrument(level = "trace", name = "handle_timeout", skip_all)]
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         let mut actions = Vec::new();

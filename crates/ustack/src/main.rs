@@ -20,6 +20,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // One line per stage a packet enters (`USTACK_LOG=stack_core=trace`), so the
+        // path ip_rcv -> ip_local_deliver -> icmp_rcv ... is visible as it happens.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
         .init();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -82,6 +82,7 @@ impl Stack {
     }
 
     /// `ip_rcv_finish`: route the packet, process options, dispatch (`dst_input`).
+    #[tracing::instrument(level = "trace", name = "ip_rcv_finish", skip_all)]
     fn ip_rcv_finish(&mut self, skb: Skb) {
         let ip = Ipv4Packet::new_unchecked(skb.data());
         let (src, dst, has_options) = (ip.src(), ip.dst(), ip.header_len() > ipv4::MIN_HEADER_LEN);
@@ -164,6 +165,7 @@ impl Stack {
     /// `ip_rcv_options`: validate options (`ip_options_compile`); source-routed packets
     /// are refused as with Linux's default `accept_source_route = 0`. Returns whether
     /// the packet goes on.
+    #[tracing::instrument(level = "trace", name = "ip_rcv_options", skip_all)]
     fn ip_rcv_options(&mut self, skb: &Skb) -> bool {
         let ip = Ipv4Packet::new_unchecked(skb.data());
         for opt in ipv4::options_iter(ip.options()) {
@@ -189,6 +191,7 @@ impl Stack {
     }
 
     /// `ip_local_deliver`: reassemble, then LOCAL_IN.
+    #[tracing::instrument(level = "trace", name = "ip_local_deliver", skip_all)]
     fn ip_local_deliver(&mut self, mut skb: Skb, broadcast: bool) {
         let ip = Ipv4Packet::new_unchecked(skb.data());
         if ip.more_frags() || ip.frag_offset() != 0 {
@@ -211,6 +214,7 @@ impl Stack {
 
     /// `ip_local_deliver_finish` + `ip_protocol_deliver_rcu`: strip the IP header and
     /// hand the packet to its transport protocol.
+    #[tracing::instrument(level = "trace", name = "ip_local_deliver_finish", skip_all)]
     fn ip_local_deliver_finish(&mut self, mut skb: Skb, broadcast: bool) {
         let ihl = Ipv4Packet::new_unchecked(skb.data()).header_len();
         let protocol = skb.data()[9];
@@ -235,6 +239,7 @@ impl Stack {
 
     /// `ip_forward` (net/ipv4/ip_forward.c): RFC 1812 section 5.2/5.3 checks, FORWARD,
     /// TTL decrement with an incremental checksum update (RFC 1624), then output.
+    #[tracing::instrument(level = "trace", name = "ip_forward", skip_all)]
     fn ip_forward(&mut self, mut skb: Skb, rt: Rtable) {
         if skb.pkt_type != PktType::Host {
             self.snmp.ip.in_discards += 1;

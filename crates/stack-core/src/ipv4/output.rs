@@ -109,6 +109,7 @@ impl Stack {
     }
 
     /// `__ip_local_out` + `dst_output`: LOCAL_OUT, then the route's output function.
+    #[tracing::instrument(level = "trace", name = "ip_local_out", skip_all)]
     fn ip_local_out(&mut self, mut skb: Skb, rt: &Rtable) -> Result<(), SendError> {
         if self
             .nf
@@ -121,6 +122,7 @@ impl Stack {
     }
 
     /// `ip_output`: count, POST_ROUTING, `ip_finish_output`.
+    #[tracing::instrument(level = "trace", name = "ip_output", skip_all)]
     pub(crate) fn ip_output(&mut self, mut skb: Skb, rt: Rtable) -> Result<(), SendError> {
         self.snmp.ip.out_requests += 1;
         self.snmp.ip_ext.out_octets += skb.len() as u64;
@@ -135,6 +137,7 @@ impl Stack {
     }
 
     /// `ip_finish_output`: packets over the MTU need `ip_fragment`.
+    #[tracing::instrument(level = "trace", name = "ip_finish_output", skip_all)]
     fn ip_finish_output(&mut self, skb: Skb, rt: Rtable) -> Result<(), SendError> {
         if skb.len() > rt.mtu {
             // ip_fragment arrives with UDP (issue #3). With DF set this is EMSGSIZE in
@@ -149,6 +152,7 @@ impl Stack {
     /// `ip_finish_output2`: pick the link-layer destination: broadcast, the multicast
     /// mapping (RFC 1112 section 6.4), loopback for our own addresses, or the neighbour
     /// table for everything else.
+    #[tracing::instrument(level = "trace", name = "ip_finish_output2", skip_all)]
     fn ip_finish_output2(&mut self, skb: Skb, rt: Rtable) {
         match rt.rtype {
             RouteType::Local => self.loopback_xmit(skb),
@@ -172,6 +176,7 @@ impl Stack {
 
     /// The loopback device's `ndo_start_xmit` -> `netif_rx`: our own packet comes back in
     /// through `ip_rcv` once the current entry point has finished.
+    #[tracing::instrument(level = "trace", name = "loopback_xmit", skip_all)]
     fn loopback_xmit(&mut self, mut skb: Skb) {
         if self.backlog.len() >= LOOPBACK_BACKLOG {
             self.snmp.ip.out_discards += 1;
@@ -195,6 +200,7 @@ impl Stack {
     /// `ipv4_link_failure`: the neighbour of a queued packet never answered; tell its
     /// sender (for our own packets that sender is us, and the error reaches the socket
     /// through loopback like any ICMP error).
+    #[tracing::instrument(level = "trace", name = "ipv4_link_failure", skip_all)]
     pub(crate) fn ipv4_link_failure(&mut self, skb: Skb) {
         self.snmp.ip.out_discards += 1;
         if Ipv4Packet::new_checked(skb.data()).is_ok() {
