@@ -70,13 +70,14 @@ impl Bed {
             .unwrap_or_else(|e| panic!("cannot start ustack host: {e}"));
         let mut host = Host { child: Some(child) };
         let mut exited = None;
-        let answered = testbed::wait_until(Duration::from_secs(15), Duration::ZERO, || {
-            if let Ok(Some(status)) = host.child_mut().try_wait() {
-                exited = Some(status);
-                return true;
-            }
-            self.ping(&["-c", "1", "-W", "1", USTACK_IP]).success()
-        });
+        let answered =
+            testbed::wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+                if let Ok(Some(status)) = host.child_mut().try_wait() {
+                    exited = Some(status);
+                    return true;
+                }
+                self.ping(&["-c", "1", "-W", "1", USTACK_IP]).success()
+            });
         if let Some(status) = exited {
             let out = host.child.take().expect("present").stop();
             panic!("ustack host exited at startup ({status}):\n{out}");

@@ -310,7 +310,12 @@ fn echo_rtt(target: &Target<'_>) -> Result<Measured> {
 }
 
 fn print_table(ustack: &Column, kernel: &Column) {
-    let fmt = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"));
+    // Kernel RTTs are a few µs, so small values keep a decimal.
+    let fmt = |v: Option<f64>| match v {
+        Some(v) if v < 100.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.0}"),
+        None => "n/a".to_string(),
+    };
     let width = ROWS.iter().map(|r| r.chars().count()).max().unwrap_or(0);
     println!(
         "{:<width$}  {:>12}  {:>12}  {:>14}",

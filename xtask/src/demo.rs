@@ -135,8 +135,11 @@ fn explain(c: &Counters, received: u64, neigh_ok: bool) {
         " 1. ARP. The kernel had never heard of {USTACK_IP}, so before its first echo request it
     broadcast an ARP request on {TAP}. ustack read the frame from the TAP, and arp_rcv →
     arp_process saw a request for its own address: it learned the kernel's MAC on the way
-    (as Linux does) and answered with {USTACK_MAC}.
-    ustack: Arp InRequests={} OutReplies={}; kernel neighbour entry with that MAC: {}.
+    (as Linux does) and answered with {USTACK_MAC}. That learned entry starts out STALE,
+    unconfirmed; once used for the replies, Linux's neighbour state machine (STALE → DELAY
+    → PROBE) confirms it with a unicast ARP request of its own a few seconds later.
+    ustack: Arp InRequests={} OutReplies={} OutRequests={}; kernel neighbour entry with that
+    MAC: {}.
  2. Echo. Each ICMP echo request went up ustack's receive path as in Linux:
     netif_receive_skb → ip_rcv (header checks: version, IHL, checksum, length) → the
     PRE_ROUTING hook → ip_route_input (destination is local) → ip_local_deliver (LOCAL_IN
@@ -148,6 +151,7 @@ fn explain(c: &Counters, received: u64, neigh_ok: bool) {
  4. The kernel got {received} echo replies of 5.",
         n("Arp", "InRequests"),
         n("Arp", "OutReplies"),
+        n("Arp", "OutRequests"),
         if neigh_ok { "yes" } else { "NO" },
         n("Ip", "InReceives"),
         n("Ip", "InDelivers"),

@@ -35,10 +35,11 @@ fn bad_prefix_length_is_an_error() {
         "ustack host started with a /40 prefix:\n{out}"
     );
     assert!(out.code().is_some_and(|c| c != 0), "{out}");
+    // Non-zero rather than exactly 1: a clap value parser rejects it with clap's usage error (2)
+    // before ustack's own error path, and that is as clear.
     let err = out.stderr.to_lowercase();
     assert!(
-        err.contains("ustack")
-            && (err.contains("/40") || err.contains("prefix") || err.contains("cidr")),
+        err.contains("/40") || err.contains("prefix") || err.contains("cidr"),
         "stderr should name the bad CIDR or its prefix length:\n{out}"
     );
     assert!(
