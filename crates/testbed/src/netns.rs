@@ -26,7 +26,16 @@ pub struct Netns {
 
 impl Netns {
     /// Creates a uniquely named namespace `ustk-<prefix>-<pid>-<n>` with `lo` up and IPv6 off.
+    ///
+    /// The first call in a process also sweeps away namespaces of earlier runs that died without
+    /// cleaning up (a test binary run by hand and stopped with Ctrl-C), so they do not pile up.
     pub fn new(prefix: &str) -> io::Result<Netns> {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(|| {
+            for name in sweep_stale() {
+                eprintln!("testbed: removed leftover namespace {name} of a run that died");
+            }
+        });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{NAME_PREFIX}{prefix}-{}-{n}", std::process::id());
         Netns::create(name)

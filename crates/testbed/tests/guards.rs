@@ -145,6 +145,8 @@ fn create_named_replaces_a_leftover_namespace() {
 #[ignore = "needs root and network namespaces: run cargo xtask test"]
 fn sweep_removes_only_namespaces_of_dead_creators() {
     testbed::require_root().unwrap();
+    // First, so the once-per-process sweep in Netns::new has run before the stale one exists.
+    let live = Netns::new("sweep-live").unwrap();
     // A pid that is certainly gone: a child we have already reaped.
     let mut child = Command::new("true").spawn().unwrap();
     let dead_pid = child.id();
@@ -156,7 +158,6 @@ fn sweep_removes_only_namespaces_of_dead_creators() {
         .unwrap();
     assert!(status.success());
 
-    let live = Netns::new("sweep-live").unwrap();
     let removed = sweep_stale();
     let stale_left = netns_exists(&stale);
     if stale_left {
