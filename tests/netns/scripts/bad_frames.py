@@ -20,6 +20,12 @@ import time
 from scapy.all import ICMP, IP, Ether, Raw  # noqa: E402 (scapy is slow to import; fail early)
 
 
+# IPv4, ARP, IPv6, and the VLAN tags that could wrap any of them.
+CARRIES_ADDRESSES = {
+    bytes.fromhex(t) for t in ("0800", "0806", "86dd", "8100", "88a8", "9100")
+}
+
+
 def main():
     iface, dst_mac, src_ip, dst_ip, seed, count = sys.argv[1:7]
     rng = random.Random(int(seed))
@@ -64,8 +70,9 @@ def main():
                 if len(frame) >= 34:
                     frame[26:30] = ip_src
                     frame[30:34] = ip_dst
-            elif frame[12:14] in (b"\x08\x00", b"\x08\x06"):
-                # Keep IPv4 and ARP out of the "unknown EtherType" kinds.
+            elif bytes(frame[12:14]) in CARRIES_ADDRESSES:
+                # Keep IPv4 and ARP (also behind a VLAN tag) out of the "unknown EtherType"
+                # kinds: their random bytes would hold addresses outside the test's link.
                 frame[12:14] = b"\x88\xb5"  # IEEE local experimental
         send(kind, frame)
         if i % 20 == 19:
