@@ -3,6 +3,8 @@
 //! binary just built. Each suite's cargo output streams to the log; the closing line counts
 //! suites.
 
+use std::time::Duration;
+
 use crate::deps::ensure_packages;
 use crate::util::{self, cargo, check_interrupt, run_inherited, step, Result};
 
@@ -65,6 +67,14 @@ pub fn run() -> Result {
             .env("USTACK_BIN", &ustack);
         let ok = run_inherited(netns)?.success();
         sweep("after");
+        if util::interrupted() {
+            // Ctrl-C reached cargo and the test binary together; cargo may be gone while the
+            // test binary is still exiting, and its namespaces only count as stale once it is.
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(200));
+                sweep("after");
+            }
+        }
         check_interrupt()?;
         if ok {
             passed += 1;

@@ -177,12 +177,25 @@ pub fn sweep_stale() -> Vec<String> {
         let (Ok(_), Ok(pid)) = (n.parse::<u32>(), pid.parse::<u32>()) else {
             continue;
         };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !process_alive(pid) {
             destroy(&name);
             removed.push(name);
         }
     }
     removed
+}
+
+/// Whether `pid` is a live process: a zombie has finished and only waits to be reaped (a test
+/// binary whose parent cargo died of the same Ctrl-C is one, briefly).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) STATE ...": comm may hold spaces and parentheses, so read after the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 fn list_netns() -> Vec<String> {
