@@ -234,7 +234,18 @@ impl Stack {
         };
         let Some(from) = from else { return };
         let l4 = &quoted[ihl..];
-        if inner_proto == ipv4::protocol::ICMP && l4[0] == msg_type::ECHO_REQUEST {
+        if inner_proto == ipv4::protocol::UDP {
+            // The quote's source was us; its ports identify the socket (udp_err).
+            let inner_src = Ipv4Addr::new(quoted[12], quoted[13], quoted[14], quoted[15]);
+            let sport = u16::from_be_bytes([l4[0], l4[1]]);
+            let dport = u16::from_be_bytes([l4[2], l4[3]]);
+            self.udp_err(
+                std::net::SocketAddrV4::new(inner_src, sport),
+                std::net::SocketAddrV4::new(inner_dst, dport),
+                t,
+                code,
+            );
+        } else if inner_proto == ipv4::protocol::ICMP && l4[0] == msg_type::ECHO_REQUEST {
             let ident = u16::from_be_bytes([l4[4], l4[5]]);
             let seq = u16::from_be_bytes([l4[6], l4[7]]);
             self.ping_err(from, inner_dst, ident, seq, t, code);

@@ -16,8 +16,10 @@ pub mod qdisc;
 pub mod rand;
 pub mod skb;
 pub mod snmp;
+mod sock;
 pub mod stack;
 pub mod time;
+pub mod udp;
 pub mod wire;
 
 pub use ipv4::SendError;

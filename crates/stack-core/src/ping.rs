@@ -7,10 +7,9 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::Ipv4Addr;
 
-use slab::Slab;
-
 use crate::ipv4::{IpParams, SendError, DEFAULT_TTL};
 use crate::skb::Skb;
+use crate::sock::Sock;
 use crate::stack::{Event, SocketId, Stack};
 use crate::time::Instant;
 use crate::wire::icmpv4::{self, msg_type, unreach_code, Icmpv4Packet, Icmpv4Repr};
@@ -87,7 +86,7 @@ impl PingMsgKind {
 }
 
 #[derive(Debug)]
-struct PingSock {
+pub(crate) struct PingSock {
     ident: u16,
     rcvq: VecDeque<PingMsg>,
     /// A Readable event is outstanding (cleared when the queue is drained).
@@ -95,20 +94,19 @@ struct PingSock {
     drops: u64,
 }
 
-/// All ping sockets of a stack.
+/// Ping sockets by echo identifier (the sockets themselves are in the socket table).
 #[derive(Debug, Default)]
 pub struct PingTable {
-    socks: Slab<PingSock>,
     by_ident: HashMap<u16, usize>,
 }
 
 impl PingTable {
     pub fn len(&self) -> usize {
-        self.socks.len()
+        self.by_ident.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.socks.is_empty()
+        self.by_ident.is_empty()
     }
 }
 
@@ -121,29 +119,29 @@ impl Stack {
                 break candidate;
             }
         };
-        let key = self.ping.socks.insert(PingSock {
+        let key = self.socks.insert(Sock::Ping(PingSock {
             ident,
             rcvq: VecDeque::new(),
             signalled: false,
             drops: 0,
-        });
+        }));
         self.ping.by_ident.insert(ident, key);
         SocketId(key)
     }
 
     pub fn ping_ident(&self, id: SocketId) -> Option<u16> {
-        self.ping.socks.get(id.0).map(|s| s.ident)
+        self.ping_sock(id).map(|s| s.ident)
     }
 
     /// Messages the socket dropped because its queue was full.
     pub fn ping_drops(&self, id: SocketId) -> u64 {
-        self.ping.socks.get(id.0).map_or(0, |s| s.drops)
+        self.ping_sock(id).map_or(0, |s| s.drops)
     }
 
     pub fn ping_close(&mut self, id: SocketId) {
-        if self.ping.socks.contains(id.0) {
-            let s = self.ping.socks.remove(id.0);
-            self.ping.by_ident.remove(&s.ident);
+        if let Some(ident) = self.ping_ident(id) {
+            self.socks.remove(id.0);
+            self.ping.by_ident.remove(&ident);
         }
     }
 
@@ -169,9 +167,7 @@ impl Stack {
             data: payload,
         };
         let len = repr.buffer_len();
-        if len + ipv4::MIN_HEADER_LEN > rt.mtu {
-            // Linux ping sockets default to IP_PMTUDISC_WANT and would fragment; until
-            // ip_fragment lands (issue #3) an oversized echo is EMSGSIZE.
+        if len + ipv4::MIN_HEADER_LEN > crate::ipv4::output::IP_MAX_PACKET {
             return Err(SendError::MessageTooLong);
         }
         let mut skb = self.pool.alloc_tx(len);
@@ -183,7 +179,8 @@ impl Stack {
             protocol: ipv4::protocol::ICMP,
             tos: 0,
             ttl: DEFAULT_TTL,
-            dont_frag: true,
+            // IP_PMTUDISC_WANT: DF when it fits, fragmented when it does not.
+            dont_frag: len + ipv4::MIN_HEADER_LEN <= rt.mtu,
         };
         let res = self.ip_queue_xmit(skb, &rt, params);
         if res.is_ok() {
@@ -198,7 +195,7 @@ impl Stack {
 
     /// The next message for the socket (`ping_recvmsg`).
     pub fn ping_recvmsg(&mut self, id: SocketId) -> Option<PingMsg> {
-        let s = self.ping.socks.get_mut(id.0)?;
+        let s = self.ping_sock_mut(id)?;
         let msg = s.rcvq.pop_front();
         if s.rcvq.is_empty() {
             s.signalled = false;
@@ -260,7 +257,9 @@ impl Stack {
             tracing::trace!(ident, "drop: no ping socket for identifier");
             return;
         };
-        let s = &mut self.ping.socks[key];
+        let Some(s) = self.ping_sock_mut(SocketId(key)) else {
+            return;
+        };
         if s.rcvq.len() >= PING_RCVQ_LEN {
             s.drops += 1;
             return;

@@ -21,7 +21,9 @@
 //!   steady state allocates nothing per packet.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 
 use crate::time::Instant;
 
@@ -171,6 +173,89 @@ pub enum SkbError {
     TooShort,
 }
 
+/// A socket's send buffer accounting (`sk->sk_wmem_alloc` against `sk->sk_sndbuf`),
+/// shared between the socket and the skbs charged to it. When freed skbs bring the
+/// usage under half the limit, a registered waker runs (`sock_def_write_space`), so a
+/// sender blocked on a full buffer resumes exactly when room appears, whichever thread
+/// frees the skb.
+#[derive(Debug)]
+pub struct SendBuffer {
+    used: AtomicUsize,
+    limit: AtomicUsize,
+    waiter: Mutex<Option<Waker>>,
+}
+
+/// Shared handle to a [`SendBuffer`].
+pub type WmemCounter = Arc<SendBuffer>;
+
+impl SendBuffer {
+    pub fn new(limit: usize) -> WmemCounter {
+        Arc::new(SendBuffer {
+            used: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
+            waiter: Mutex::new(None),
+        })
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    /// Whether one more packet may be charged (`sock_wmem_alloc < sk_sndbuf`: like
+    /// Linux, the last packet may overshoot the limit).
+    pub fn has_room(&self) -> bool {
+        self.used() < self.limit()
+    }
+
+    /// Wake `waker` once usage falls under half the limit. Callers re-check
+    /// [`SendBuffer::has_room`] after registering, to close the race with a release.
+    pub fn register_waker(&self, waker: &Waker) {
+        if let Ok(mut w) = self.waiter.lock() {
+            match w.as_ref() {
+                Some(old) if old.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
+            }
+        }
+    }
+
+    fn charge(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn release(&self, bytes: usize) {
+        let now = self.used.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        if now < self.limit() / 2 {
+            let waker = self.waiter.lock().ok().and_then(|mut w| w.take());
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The charge one skb holds against its socket (`skb->sk` with `sock_wfree` as the
+/// destructor): released when the skb is freed, wherever that happens (after the device
+/// wrote it, or in a queue that dropped it).
+struct WmemCharge {
+    counter: WmemCounter,
+    bytes: usize,
+}
+
+impl Drop for WmemCharge {
+    fn drop(&mut self) {
+        self.counter.release(self.bytes);
+    }
+}
+
 /// A packet buffer descriptor. See the module documentation.
 pub struct Skb {
     buf: Option<Arc<SkbBuf>>,
@@ -198,6 +283,8 @@ pub struct Skb {
     pub vlan_tci: Option<u16>,
     /// Arrival time (`skb->tstamp`).
     pub tstamp: Instant,
+    /// Send-buffer charge of the owning socket; clones do not carry it.
+    wmem: Option<WmemCharge>,
 }
 
 impl Skb {
@@ -220,6 +307,7 @@ impl Skb {
             gso_segs: 0,
             vlan_tci: None,
             tstamp: Instant::ZERO,
+            wmem: None,
         }
     }
 
@@ -463,6 +551,22 @@ impl Skb {
         Ok(())
     }
 
+    /// Charge this skb's buffer size (its truesize) to a socket's send buffer until the
+    /// skb is freed (`skb_set_owner_w`).
+    pub fn set_owner_w(&mut self, counter: &WmemCounter) {
+        let bytes = self.end();
+        counter.charge(bytes);
+        self.wmem = Some(WmemCharge {
+            counter: counter.clone(),
+            bytes,
+        });
+    }
+
+    /// The send-buffer counter this skb is charged to, if any.
+    pub fn owner_w(&self) -> Option<&WmemCounter> {
+        self.wmem.as_ref().map(|c| &c.counter)
+    }
+
     /// A private, unshared copy with the same offsets and metadata (`skb_copy`).
     pub fn deep_copy(&self) -> Skb {
         let mut c = self.clone();
@@ -492,6 +596,7 @@ impl Clone for Skb {
             gso_segs: self.gso_segs,
             vlan_tci: self.vlan_tci,
             tstamp: self.tstamp,
+            wmem: None,
         }
     }
 }
@@ -624,6 +729,43 @@ mod tests {
         let (x, y, z) = (pool.alloc(1), pool.alloc(1), pool.alloc(1));
         drop((x, y, z));
         assert_eq!(pool.free_count(), 2, "pool keeps at most max_free");
+    }
+
+    #[test]
+    fn send_buffer_charge_lives_as_long_as_the_skb() {
+        let pool = SkbPool::new(512, 4);
+        let counter = SendBuffer::new(1000);
+        let mut a = pool.alloc(100);
+        a.set_owner_w(&counter);
+        let mut b = pool.alloc(100);
+        b.set_owner_w(&counter);
+        assert_eq!(counter.used(), 1024);
+        assert!(!counter.has_room());
+        let clone = a.clone();
+        assert!(clone.owner_w().is_none(), "clones carry no charge");
+
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let flag = Arc::new(Flag(false.into()));
+        counter.register_waker(&Waker::from(flag.clone()));
+        drop(a);
+        assert_eq!(counter.used(), 512);
+        assert!(counter.has_room());
+        assert!(
+            !flag.0.load(Ordering::SeqCst),
+            "wakes only under half the limit"
+        );
+        drop(b);
+        assert_eq!(counter.used(), 0);
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "sock_def_write_space woke the sender"
+        );
+        drop(clone);
     }
 
     #[test]

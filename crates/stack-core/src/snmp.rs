@@ -66,6 +66,8 @@ mib! {
         in_octets => "InOctets",
         out_octets => "OutOctets",
         in_csum_errors => "InCsumErrors",
+        /// Datagrams whose fragments overlapped (all dropped, as Linux since 4.19).
+        reasm_overlaps => "ReasmOverlaps",
         /// Martian source addresses (Linux counts these in /proc/net/stat/rt_cache
         /// `in_martian_src`; kept here so one block shows every IPv4 drop).
         in_martians => "InMartians",
@@ -92,6 +94,19 @@ mib! {
         out_parm_probs => "OutParmProbs",
         out_echos => "OutEchos",
         out_echo_reps => "OutEchoReps",
+    }
+}
+
+mib! {
+    /// UDP MIB (`Udp:` line).
+    pub struct UdpMib = "Udp" {
+        in_datagrams => "InDatagrams",
+        no_ports => "NoPorts",
+        in_errors => "InErrors",
+        out_datagrams => "OutDatagrams",
+        rcvbuf_errors => "RcvbufErrors",
+        sndbuf_errors => "SndbufErrors",
+        in_csum_errors => "InCsumErrors",
     }
 }
 
@@ -158,6 +173,7 @@ pub struct Snmp {
     pub ip: IpMib,
     pub ip_ext: IpExtMib,
     pub icmp: IcmpMib,
+    pub udp: UdpMib,
     pub arp: ArpMib,
     pub dev: DevStats,
     pub nf: NfStats,
@@ -183,6 +199,7 @@ impl Snmp {
         write_section(&mut out, IpMib::SECTION, &self.ip.fields());
         write_section(&mut out, IpExtMib::SECTION, &self.ip_ext.fields());
         write_section(&mut out, IcmpMib::SECTION, &self.icmp.fields());
+        write_section(&mut out, UdpMib::SECTION, &self.udp.fields());
         write_section(&mut out, ArpMib::SECTION, &self.arp.fields());
         write_section(&mut out, DevStats::SECTION, &self.dev.fields());
         write_section(&mut out, NfStats::SECTION, &self.nf.fields());
@@ -201,7 +218,7 @@ mod tests {
         s.icmp.out_echo_reps = 3;
         let text = s.render();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 12);
+        assert_eq!(lines.len(), 14);
         assert!(lines[0].starts_with("Ip: Forwarding DefaultTTL InReceives InHdrErrors"));
         assert!(lines[1].starts_with("Ip: 0 0 7 0"));
         let names: Vec<&str> = lines[4].split_whitespace().collect();

@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 
 use crate::dev::NetDevice;
 use crate::icmp::IcmpState;
+use crate::ipv4::defrag::{Defrag, DefragParms};
 use crate::ipv4::route::{prefix_mask, Fib, FibEntry, RouteType, Table};
 use crate::neigh::{NeighParms, NeighTable};
 use crate::netfilter::Netfilter;
@@ -17,8 +18,11 @@ use crate::ping::PingTable;
 use crate::rand::Rng;
 use crate::skb::{Skb, SkbPool};
 use crate::snmp::Snmp;
+use crate::sock::Sock;
 use crate::time::Instant;
+use crate::udp::UdpTable;
 use crate::wire::MacAddr;
+use slab::Slab;
 
 /// ifindex of the loopback device, as in Linux.
 pub const LOOPBACK_IFINDEX: u32 = 1;
@@ -81,8 +85,13 @@ pub struct Stack {
     pub(crate) fib: Fib,
     pub(crate) nf: Netfilter,
     pub(crate) icmp: IcmpState,
+    /// Every socket, all protocols (`struct sock`s).
+    pub(crate) socks: Slab<Sock>,
     pub(crate) ping: PingTable,
+    pub(crate) udp: UdpTable,
     pub(crate) ip_ident: u16,
+    /// IPv4 reassembly queues (`ipq`s).
+    pub(crate) defrag: Defrag,
     /// The loopback device's receive backlog.
     pub(crate) backlog: VecDeque<Skb>,
     pub(crate) events: VecDeque<Event>,
@@ -123,7 +132,10 @@ impl Stack {
             fib: Fib::default(),
             nf: Netfilter::default(),
             icmp: IcmpState::new(now),
+            socks: Slab::new(),
+            defrag: Defrag::new(DefragParms::default()),
             ping: PingTable::default(),
+            udp: UdpTable::default(),
             backlog: VecDeque::new(),
             events: VecDeque::new(),
             config,
@@ -211,12 +223,26 @@ impl Stack {
         s.arp.unres_qlen = self.neigh.unres_qlen() as u64;
         s.arp.unres_qlen_max = n.unres_qlen_max;
         s.arp.table_fulls = n.table_fulls;
+        let d = &self.defrag.stats;
+        s.ip.reasm_reqds = d.reasm_reqds;
+        s.ip.reasm_oks = d.reasm_oks;
+        s.ip.reasm_fails = d.reasm_fails;
+        s.ip.reasm_timeout = d.reasm_timeout;
+        s.ip_ext.reasm_overlaps = d.reasm_overlaps;
         s
     }
 
     /// When [`Stack::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.neigh.poll_timeout()
+        [self.neigh.poll_timeout(), self.defrag.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Bytes held by IPv4 reassembly queues (bounded by `ipfrag_high_thresh`).
+    pub fn defrag_mem(&self) -> usize {
+        self.defrag.mem()
     }
 
     /// Run every timer due at `now`.
@@ -226,6 +252,9 @@ impl Stack {
         let mut actions = Vec::new();
         self.neigh.on_timer(now, &mut actions);
         self.run_neigh_actions(actions);
+        if self.defrag.poll_timeout().is_some_and(|t| t <= now) {
+            self.ip_expire();
+        }
         self.process_backlog();
     }
 

@@ -3,146 +3,18 @@
 
 use std::net::Ipv4Addr;
 
+mod common;
+use common::*;
+
 use stack_core::netfilter::{NfHook, Verdict};
 use stack_core::ping::PingMsgKind;
 use stack_core::skb::Skb;
-use stack_core::wire::arp::{ArpOp, ArpPacket, ArpRepr};
-use stack_core::wire::checksum;
-use stack_core::wire::ethernet::{ethertype, EthernetFrame, EthernetRepr, VlanTag};
+use stack_core::wire::arp::{ArpOp, ArpRepr};
+use stack_core::wire::ethernet::{ethertype, EthernetRepr, VlanTag};
 use stack_core::wire::icmpv4::{msg_type, unreach_code, Icmpv4Packet, Icmpv4Repr};
-use stack_core::wire::ipv4::{protocol, Ipv4Options, Ipv4Packet, Ipv4Repr};
+use stack_core::wire::ipv4::{protocol, Ipv4Packet};
 use stack_core::wire::MacAddr;
-use stack_core::{Duration, Event, Instant, Stack, StackConfig};
-
-const US: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const PEER_MAC: MacAddr = MacAddr([0x02, 0xaa, 0, 0, 0, 1]);
-const US_MAC: MacAddr = MacAddr([0x02, 0x00, 192, 0, 2, 2]);
-
-fn stack() -> Stack {
-    let mut s = Stack::new(
-        StackConfig::new(StackConfig::default_mac(US), US, 24),
-        Instant::ZERO,
-        42,
-    );
-    // The gratuitous ARP sent at start.
-    let garp = s.poll_transmit(Instant::ZERO).expect("gratuitous ARP");
-    let arp = parse_arp(&garp);
-    assert_eq!(
-        (arp.op, arp.sender_ip, arp.target_ip, arp.sender_mac),
-        (ArpOp::Request, US, US, US_MAC)
-    );
-    assert!(s.poll_transmit(Instant::ZERO).is_none());
-    s
-}
-
-fn eth(dst: MacAddr, proto: u16, payload: &[u8]) -> Skb {
-    let repr = EthernetRepr {
-        dst,
-        src: PEER_MAC,
-        vlan: None,
-        ethertype: proto,
-    };
-    let mut buf = vec![0u8; repr.header_len() + payload.len()];
-    repr.emit(&mut buf);
-    buf[repr.header_len()..].copy_from_slice(payload);
-    Skb::from_vec(buf)
-}
-
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
-    let repr = Ipv4Repr {
-        src,
-        dst,
-        protocol: proto,
-        ttl: 64,
-        tos: 0,
-        ident: 7,
-        dont_frag: true,
-        more_frags: false,
-        frag_offset: 0,
-        payload_len: payload.len(),
-        options: Ipv4Options::default(),
-    };
-    let mut buf = vec![0u8; repr.header_len() + payload.len()];
-    repr.emit(&mut buf);
-    buf[repr.header_len()..].copy_from_slice(payload);
-    buf
-}
-
-fn icmp(repr: &Icmpv4Repr<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; repr.buffer_len()];
-    repr.emit(&mut buf);
-    buf
-}
-
-fn echo_request(seq: u16, data: &[u8]) -> Skb {
-    let req = icmp(&Icmpv4Repr::EchoRequest {
-        ident: 0x1234,
-        seq,
-        data,
-    });
-    eth(
-        US_MAC,
-        ethertype::IPV4,
-        &ipv4(PEER, US, protocol::ICMP, &req),
-    )
-}
-
-fn arp_frame(op: ArpOp, dst: MacAddr, target_mac: MacAddr, target_ip: Ipv4Addr) -> Skb {
-    let repr = ArpRepr {
-        op,
-        sender_mac: PEER_MAC,
-        sender_ip: PEER,
-        target_mac,
-        target_ip,
-    };
-    let mut buf = [0u8; 28];
-    repr.emit(&mut buf);
-    eth(dst, ethertype::ARP, &buf)
-}
-
-fn parse_eth(skb: &Skb) -> (EthernetRepr, Vec<u8>) {
-    let f = EthernetFrame::new_checked(skb.data()).expect("valid Ethernet");
-    (EthernetRepr::parse(&f).unwrap(), f.payload().to_vec())
-}
-
-fn parse_arp(skb: &Skb) -> ArpRepr {
-    let (e, payload) = parse_eth(skb);
-    assert_eq!(e.ethertype, ethertype::ARP);
-    ArpRepr::parse(&ArpPacket::new_checked(&payload[..]).unwrap()).unwrap()
-}
-
-/// (eth, ip header fields, ICMP bytes) of an IPv4/ICMP frame, checking both checksums.
-fn parse_icmp(skb: &Skb) -> (EthernetRepr, Ipv4Repr, Vec<u8>) {
-    let (e, payload) = parse_eth(skb);
-    assert_eq!(e.ethertype, ethertype::IPV4);
-    let ip = Ipv4Packet::new_checked(&payload[..]).unwrap();
-    assert!(ip.verify_checksum(), "IPv4 header checksum");
-    assert_eq!(ip.protocol(), protocol::ICMP);
-    let icmp_bytes = ip.payload().to_vec();
-    assert_eq!(checksum::checksum(&icmp_bytes), 0, "ICMP checksum");
-    (e, Ipv4Repr::parse(&ip).unwrap(), icmp_bytes)
-}
-
-fn drain(s: &mut Stack, now: Instant) -> Vec<Skb> {
-    std::iter::from_fn(|| s.poll_transmit(now)).collect()
-}
-
-/// The peer asks for our address, as a real peer does before its first packet; we learn
-/// its address from the request (and answer it).
-fn learn_peer(s: &mut Stack) {
-    s.netif_receive_skb(
-        Instant::ZERO,
-        arp_frame(ArpOp::Request, MacAddr::BROADCAST, MacAddr::ZERO, US),
-    );
-    let out = drain(s, Instant::ZERO);
-    assert_eq!(parse_arp(&out[0]).op, ArpOp::Reply);
-}
-
-/// Resolve PEER by answering the stack's ARP request.
-fn answer_arp(s: &mut Stack, now: Instant) {
-    s.netif_receive_skb(now, arp_frame(ArpOp::Reply, US_MAC, US_MAC, US));
-}
+use stack_core::{Duration, Event, Instant, Stack};
 
 #[test]
 fn answers_arp_requests_for_its_address_only() {

@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 
+use super::defrag::DefragOutcome;
 use super::route::RouteType;
 use super::Rtable;
 use crate::netfilter::{NfHook, Verdict};
@@ -195,12 +196,14 @@ impl Stack {
     fn ip_local_deliver(&mut self, mut skb: Skb, broadcast: bool) {
         let ip = Ipv4Packet::new_unchecked(skb.data());
         if ip.more_frags() || ip.frag_offset() != 0 {
-            // ip_defrag arrives with UDP (issue #3); until then a fragment cannot be
-            // delivered and is counted as a failed reassembly.
-            self.snmp.ip.reasm_reqds += 1;
-            self.snmp.ip.reasm_fails += 1;
-            tracing::trace!("drop: fragment (no ip_defrag yet)");
-            return;
+            // Expire old queues first, so a late fragment cannot join a dead datagram.
+            if self.defrag.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.ip_expire();
+            }
+            skb = match self.defrag.ip_defrag(self.now, skb) {
+                DefragOutcome::Complete(whole) => whole,
+                DefragOutcome::Queued | DefragOutcome::Dropped => return,
+            };
         }
         if self
             .nf
@@ -210,6 +213,21 @@ impl Stack {
             return;
         }
         self.ip_local_deliver_finish(skb, broadcast);
+    }
+
+    /// `ip_expire`: reassembly timed out; if fragment zero had arrived, tell the sender
+    /// (RFC 792 time exceeded, code 1; RFC 1122 3.3.2 sends it only then).
+    pub(crate) fn ip_expire(&mut self) {
+        let mut expired = Vec::new();
+        self.defrag.on_timer(self.now, &mut expired);
+        for first in expired {
+            self.icmp_send(
+                &first,
+                msg_type::TIME_EXCEEDED,
+                time_exceeded_code::REASSEMBLY,
+                0,
+            );
+        }
     }
 
     /// `ip_local_deliver_finish` + `ip_protocol_deliver_rcu`: strip the IP header and
@@ -227,6 +245,10 @@ impl Stack {
             ipv4::protocol::ICMP => {
                 self.snmp.ip.in_delivers += 1;
                 self.icmp_rcv(skb, broadcast);
+            }
+            ipv4::protocol::UDP => {
+                self.snmp.ip.in_delivers += 1;
+                self.udp_rcv(skb, broadcast);
             }
             _ => {
                 self.snmp.ip.in_unknown_protos += 1;

@@ -1,6 +1,8 @@
 //! IPv4 (net/ipv4/): routing, ingress (`ip_rcv` .. `ip_local_deliver`, `ip_forward`),
 //! egress (`ip_queue_xmit` .. `ip_finish_output2`).
 
+pub mod defrag;
+pub mod fragment;
 pub mod input;
 pub mod output;
 pub mod route;
@@ -42,6 +44,20 @@ pub enum SendError {
     BadSocket,
     /// An argument is not acceptable (EINVAL).
     InvalidInput,
+    /// The port (and address) is taken (EADDRINUSE).
+    AddrInUse,
+    /// Not one of our addresses (EADDRNOTAVAIL).
+    AddrNotAvailable,
+    /// No destination and not connected (EDESTADDRREQ).
+    DestAddrRequired,
+    /// The send buffer is full; try again when it drains (EAGAIN).
+    WouldBlock,
+    /// The peer answered port unreachable (ECONNREFUSED).
+    ConnectionRefused,
+    /// Broadcast without SO_BROADCAST (EACCES).
+    AccessDenied,
+    /// Not connected (ENOTCONN).
+    NotConnected,
 }
 
 impl SendError {
@@ -55,6 +71,13 @@ impl SendError {
             SendError::NoBufferSpace => 105,
             SendError::BadSocket => 9,
             SendError::InvalidInput => 22,
+            SendError::AddrInUse => 98,
+            SendError::AddrNotAvailable => 99,
+            SendError::DestAddrRequired => 89,
+            SendError::WouldBlock => 11,
+            SendError::ConnectionRefused => 111,
+            SendError::AccessDenied => 13,
+            SendError::NotConnected => 107,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 
+use super::fragment;
 use super::route::RouteType;
 use super::{IpParams, Rtable, SendError};
 use crate::netfilter::{NfHook, Verdict};
@@ -139,13 +140,27 @@ impl Stack {
     /// `ip_finish_output`: packets over the MTU need `ip_fragment`.
     #[tracing::instrument(level = "trace", name = "ip_finish_output", skip_all)]
     fn ip_finish_output(&mut self, skb: Skb, rt: Rtable) -> Result<(), SendError> {
-        if skb.len() > rt.mtu {
-            // ip_fragment arrives with UDP (issue #3). With DF set this is EMSGSIZE in
-            // Linux too; without DF it is, for now, the same refusal.
+        if skb.len() <= rt.mtu {
+            self.ip_finish_output2(skb, rt);
+            return Ok(());
+        }
+        // ip_fragment (RFC 791 3.2). DF set means the sender asked us not to: EMSGSIZE.
+        let mut frags = Vec::new();
+        if let Err(e) = fragment::ip_fragment(&skb, rt.mtu, &self.pool, &mut frags) {
             self.snmp.ip.frag_fails += 1;
+            tracing::trace!(?e, "drop: cannot fragment");
             return Err(SendError::MessageTooLong);
         }
-        self.ip_finish_output2(skb, rt);
+        self.snmp.ip.frag_oks += 1;
+        self.snmp.ip.frag_creates += frags.len() as u64;
+        for mut frag in frags {
+            // The fragments stand for the socket's datagram now (ip_do_fragment moves
+            // skb->sk to each): charge them to its send buffer.
+            if let Some(owner) = skb.owner_w() {
+                frag.set_owner_w(owner);
+            }
+            self.ip_finish_output2(frag, rt);
+        }
         Ok(())
     }
 

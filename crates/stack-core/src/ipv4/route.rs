@@ -90,6 +90,9 @@ impl FibTable {
 pub struct Fib {
     local: FibTable,
     main: FibTable,
+    /// Bumped on every change, so cached routes (`sk_dst_cache`) know they are stale,
+    /// as the kernel's `rt_genid`.
+    generation: u64,
 }
 
 impl Fib {
@@ -103,6 +106,7 @@ impl Fib {
             return Err(FibError::HostBitsSet);
         }
         self.table_mut(table).by_len[entry.prefix_len as usize].insert(key, entry);
+        self.generation += 1;
         Ok(())
     }
 
@@ -110,7 +114,13 @@ impl Fib {
         if prefix_len > 32 {
             return None;
         }
+        self.generation += 1;
         self.table_mut(table).by_len[prefix_len as usize].remove(&u32::from(prefix))
+    }
+
+    /// Changes so far; a cached route is valid while this is unchanged.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn table_mut(&mut self, table: Table) -> &mut FibTable {
