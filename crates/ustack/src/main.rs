@@ -13,7 +13,18 @@ use clap::Parser;
 use cli::{Cli, Command, HostArgs};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A bad value (an address, a prefix) is the user's one-line mistake: say it the way
+        // every other ustack error is said, exit 1. Help, version and usage errors stay clap's.
+        Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("ustack: {}", first.strip_prefix("error: ").unwrap_or(first));
+            return ExitCode::from(1);
+        }
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("USTACK_LOG")

@@ -34,13 +34,14 @@ fn bad_prefix_length_is_an_error() {
         !out.timed_out,
         "ustack host started with a /40 prefix:\n{out}"
     );
-    assert!(out.code().is_some_and(|c| c != 0), "{out}");
-    // Non-zero rather than exactly 1: a clap value parser rejects it with clap's usage error (2)
-    // before ustack's own error path, and that is as clear.
+    // Like every startup error: one `ustack: ` line, exit 1.
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.starts_with("ustack: "), "{out}");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out}");
     let err = out.stderr.to_lowercase();
     assert!(
-        err.contains("/40") || err.contains("prefix") || err.contains("cidr"),
-        "stderr should name the bad CIDR or its prefix length:\n{out}"
+        err.contains("/40") && err.contains("prefix length 40 is over 32"),
+        "stderr should name the bad CIDR and why:\n{out}"
     );
     assert!(
         !err.contains("panicked"),
