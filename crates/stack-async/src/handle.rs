@@ -183,14 +183,15 @@ impl StackHandle {
 
     /// Queue `f` to run on the stack thread without waiting for room or for a result,
     /// e.g. from `Drop`. A fresh sender clone always has its own slot, so this only
-    /// fails (silently) when the stack thread has stopped, and then there is nothing
-    /// left to clean up anyway.
-    pub(crate) fn post(&self, f: impl FnOnce(&mut StackCtx<'_>) + Send + 'static) {
-        let _ = self
-            .inner
+    /// fails when the stack thread has stopped (returns `false`), and then there is
+    /// nothing left to clean up anyway. Commands run in the order they were queued,
+    /// whichever handle queued them.
+    pub(crate) fn post(&self, f: impl FnOnce(&mut StackCtx<'_>) + Send + 'static) -> bool {
+        self.inner
             .commands
             .clone()
-            .try_send(Command::Run(Box::new(f)));
+            .try_send(Command::Run(Box::new(f)))
+            .is_ok()
     }
 
     /// Call `f` whenever the core reports `Event::Readable(id)`. Replaces an earlier

@@ -4,14 +4,18 @@
 //! io_uring device loop (stack-io) and the protocol task (owning stack-core's `Stack`)
 //! run side by side, joined by bounded channels that play the NIC's RX and TX rings.
 //! Handles are `Send + Sync + Clone` and their futures work on any executor (tokio,
-//! `futures::executor`, smol): they only use futures' channels.
+//! `futures::executor`, smol): they only use futures' channels and plain wakers.
+//!
+//! Sockets: [`UdpSocket`] (the API of `tokio::net::UdpSocket`) and [`PingSocket`].
 
 mod handle;
 pub mod ping;
 mod proto;
+pub mod udp;
 
 pub use handle::{StackHandle, COMMAND_QUEUE, RX_RING, TX_RING};
 pub use ping::PingSocket;
 pub use proto::ReadableFn;
 pub use stack_core::ping::{PingMsg, PingMsgKind};
 pub use stack_io::IoStatsSnapshot;
+pub use udp::{UdpOptions, UdpSocket, UDP_RECV_QUEUE};
