@@ -20,7 +20,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Attach to a TAP device and answer ARP and ping until SIGINT/SIGTERM.
+    /// Attach to a TAP device and answer ARP, ping, UDP echo (port 7) and discard
+    /// (port 9) until SIGINT/SIGTERM.
     Host(HostArgs),
     /// Send ICMP echo requests from ustack, like ping(8).
     Ping(PingArgs),
@@ -53,6 +54,12 @@ pub struct LinkArgs {
 pub struct HostArgs {
     #[command(flatten)]
     pub link: LinkArgs,
+    /// Do not run the UDP echo service (RFC 862) on port 7.
+    #[arg(long)]
+    pub no_udp_echo: bool,
+    /// Do not run the UDP discard service (RFC 863) on port 9.
+    #[arg(long)]
+    pub no_udp_discard: bool,
 }
 
 #[derive(Args, Debug)]
@@ -196,5 +203,20 @@ mod tests {
             panic!("host expected")
         };
         assert_eq!(h.link.config().mac.to_string(), "02:00:c0:00:02:02");
+    }
+
+    #[test]
+    fn udp_services_are_on_unless_turned_off() {
+        let host = |extra: &[&str]| {
+            let mut args = vec!["ustack", "host", "--tap", "t0", "--addr", "192.0.2.2/24"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).unwrap().command {
+                Command::Host(h) => (h.no_udp_echo, h.no_udp_discard),
+                _ => panic!("host expected"),
+            }
+        };
+        assert_eq!(host(&[]), (false, false));
+        assert_eq!(host(&["--no-udp-echo"]), (true, false));
+        assert_eq!(host(&["--no-udp-discard", "--no-udp-echo"]), (true, true));
     }
 }

@@ -1,10 +1,12 @@
 //! `ustack`: run a userspace TCP/IP host on a TAP device.
 //!
-//! `ustack host` answers ARP and ping until SIGINT/SIGTERM and prints its counters on
-//! the way out; `ustack ping` sends echo requests from our stack like ping(8).
+//! `ustack host` answers ARP and ping, runs UDP echo and discard (see `services`) until
+//! SIGINT/SIGTERM and prints its counters on the way out; `ustack ping` sends echo
+//! requests from our stack like ping(8).
 
 mod cli;
 mod ping;
+mod services;
 
 use std::process::ExitCode;
 
@@ -64,6 +66,18 @@ async fn host(args: HostArgs) -> ExitCode {
         "ustack: host {}/{} ({}) on {}",
         config.addr, config.prefix_len, config.mac, args.link.tap
     );
+    let which = services::Services {
+        udp_echo: !args.no_udp_echo,
+        udp_discard: !args.no_udp_discard,
+    };
+    match services::start(&handle, which).await {
+        Ok(running) if running.is_empty() => {}
+        Ok(running) => eprintln!("ustack: {running}"),
+        Err(e) => {
+            eprintln!("ustack: cannot start the UDP services: {e}");
+            return ExitCode::from(1);
+        }
+    }
     if let Err(e) = wait_for_signal().await {
         eprintln!("ustack: cannot wait for signals: {e}");
         return ExitCode::from(1);
