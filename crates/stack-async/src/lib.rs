@@ -18,4 +18,4 @@ pub use ping::PingSocket;
 pub use proto::ReadableFn;
 pub use stack_core::ping::{PingMsg, PingMsgKind};
 pub use stack_io::IoStatsSnapshot;
-pub use udp::{UdpOptions, UdpSocket, UDP_RECV_QUEUE};
+pub use udp::{UdpOptions, UdpSocket, UDP_RECV_QUEUE, UDP_RECV_QUEUE_BYTES};

@@ -11,8 +11,8 @@
 //! Receive. The core raises `Event::Readable` when a datagram or an error lands on an
 //! empty queue (`sk_data_ready`), and not again until `udp_recvmsg` has emptied it. On
 //! that event the stack thread drains the core queue into this socket's bounded
-//! [`RecvQueue`], a channel between the protocol task and the socket. When the channel
-//! is full the drain stops and the rest waits in the core queue, which is bounded by
+//! [`RecvQueue`], a channel between the protocol task and the socket, bounded in
+//! datagrams and in bytes of buffer. When the channel is full the drain stops and the rest waits in the core queue, which is bounded by
 //! `sk_rcvbuf` and drops (counting `RcvbufErrors`) when full, exactly as Linux does for
 //! a reader that does not keep up. Because the core will not signal again while its
 //! queue is non-empty, a drain that stopped on a full channel marks it *stalled*, and
@@ -53,6 +53,11 @@ use crate::proto::StackCtx;
 /// Datagrams a socket's receive channel holds. Beyond that they wait in the core's
 /// queue (bounded by the receive buffer size) and then are dropped.
 pub const UDP_RECV_QUEUE: usize = 256;
+/// Bytes of packet buffer (each datagram counts its whole buffer, as `skb->truesize`
+/// does) the receive channel holds, whichever of the two bounds comes first. Typical
+/// datagrams sit in 2 KiB buffers and meet the count first; this bound is for large
+/// reassembled ones (up to 64 KiB each).
+pub const UDP_RECV_QUEUE_BYTES: usize = 1 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data (every update is
@@ -140,6 +145,8 @@ struct RecvQueue {
 
 struct RecvState {
     datagrams: VecDeque<UdpDatagram>,
+    /// Buffer bytes of `datagrams`.
+    bytes: usize,
     /// `sk_err` taken from the core, reported by the next receive or send.
     error: Option<io::Error>,
     /// The last drain stopped on a full channel: the core may still hold datagrams and
@@ -155,6 +162,7 @@ impl RecvQueue {
         RecvQueue {
             state: Mutex::new(RecvState {
                 datagrams: VecDeque::new(),
+                bytes: 0,
                 error: None,
                 stalled: false,
                 closed: false,
@@ -169,12 +177,15 @@ impl RecvQueue {
         let mut st = lock(&self.state);
         let mut arrived = false;
         loop {
-            if st.datagrams.len() >= UDP_RECV_QUEUE {
+            if st.is_full() {
                 st.stalled = true;
                 break;
             }
             match stack.udp_recvmsg(id, false) {
-                Ok(Some(d)) => st.datagrams.push_back(d),
+                Ok(Some(d)) => {
+                    st.bytes += d.skb.end();
+                    st.datagrams.push_back(d);
+                }
                 // Empty: the core signals the next arrival again.
                 Ok(None) => break,
                 // The socket is gone (never while its reader is registered).
@@ -223,8 +234,9 @@ impl RecvQueue {
                 return (Poll::Ready(Ok(f(d))), false);
             }
         } else if let Some(d) = st.datagrams.pop_front() {
+            st.bytes -= d.skb.end();
             // Ask for more once half the channel is free, not after every datagram.
-            let drain = st.stalled && st.datagrams.len() <= UDP_RECV_QUEUE / 2;
+            let drain = st.stalled && st.is_half_free();
             if drain {
                 st.stalled = false;
             }
@@ -238,6 +250,16 @@ impl RecvQueue {
         // between the empty check and the registration.
         st.waiters.register(slot, cx.waker());
         (Poll::Pending, false)
+    }
+}
+
+impl RecvState {
+    fn is_full(&self) -> bool {
+        self.datagrams.len() >= UDP_RECV_QUEUE || self.bytes >= UDP_RECV_QUEUE_BYTES
+    }
+
+    fn is_half_free(&self) -> bool {
+        self.datagrams.len() <= UDP_RECV_QUEUE / 2 && self.bytes <= UDP_RECV_QUEUE_BYTES / 2
     }
 }
 
@@ -1054,6 +1076,58 @@ mod tests {
             Poll::Ready(b"again".to_vec())
         );
         assert_eq!(s.udp_drops(id), 0);
+    }
+
+    /// Large datagrams (looped back to our own address, so in big buffers) fill the
+    /// channel by bytes long before its datagram count.
+    #[test]
+    fn large_datagrams_fill_the_channel_by_bytes() {
+        let mut s = stack();
+        let rx = s.udp_socket();
+        s.udp_set_rcvbuf(rx, 16 << 20).unwrap();
+        s.udp_bind(rx, SocketAddrV4::new(US, 7)).unwrap();
+        let tx = s.udp_socket();
+        s.udp_set_sndbuf(tx, 16 << 20).unwrap();
+        let big = vec![7u8; 60_000];
+        for _ in 0..40 {
+            s.udp_sendmsg(
+                Instant::ZERO,
+                tx,
+                Some(SocketAddrV4::new(US, 7)),
+                &big,
+                false,
+            )
+            .expect("looped back");
+        }
+        assert_eq!(s.udp_rcvq_len(rx), 40);
+        let q = RecvQueue::new();
+        q.drain_from(&mut s, rx);
+        let (n, bytes) = {
+            let st = lock(&q.state);
+            (st.datagrams.len(), st.bytes)
+        };
+        assert!(lock(&q.state).stalled);
+        assert!(
+            n < 40 && bytes >= UDP_RECV_QUEUE_BYTES,
+            "{n} datagrams, {bytes} bytes"
+        );
+        assert!(
+            bytes < UDP_RECV_QUEUE_BYTES + 70_000,
+            "at most one datagram over"
+        );
+
+        let (_, w) = waker();
+        let mut got = 0;
+        while let (Poll::Ready(Ok(p)), drain) = take(&q, &w) {
+            assert_eq!(p.len(), 60_000);
+            got += 1;
+            if drain {
+                assert!(lock(&q.state).bytes <= UDP_RECV_QUEUE_BYTES / 2);
+                q.drain_from(&mut s, rx);
+            }
+        }
+        assert_eq!(got, 40);
+        assert_eq!(lock(&q.state).bytes, 0);
     }
 
     #[test]
