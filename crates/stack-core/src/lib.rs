@@ -18,6 +18,7 @@ pub mod skb;
 pub mod snmp;
 mod sock;
 pub mod stack;
+pub mod tcp;
 pub mod time;
 pub mod udp;
 pub mod wire;

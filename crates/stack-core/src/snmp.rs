@@ -98,6 +98,36 @@ mib! {
 }
 
 mib! {
+    /// TCP MIB (`Tcp:` line).
+    pub struct TcpMib = "Tcp" {
+        active_opens => "ActiveOpens",
+        passive_opens => "PassiveOpens",
+        attempt_fails => "AttemptFails",
+        estab_resets => "EstabResets",
+        curr_estab => "CurrEstab",
+        in_segs => "InSegs",
+        out_segs => "OutSegs",
+        retrans_segs => "RetransSegs",
+        in_errs => "InErrs",
+        out_rsts => "OutRsts",
+        in_csum_errors => "InCsumErrors",
+    }
+}
+
+mib! {
+    /// Linux's `TcpExt:` line of /proc/net/netstat (the part we implement).
+    pub struct TcpExtMib = "TcpExt" {
+        listen_overflows => "ListenOverflows",
+        listen_drops => "ListenDrops",
+        tcp_challenge_ack => "TCPChallengeACK",
+        paws_estab => "PAWSEstab",
+        tcp_timeouts => "TCPTimeouts",
+        tcp_reno_recovery => "TCPRenoRecovery",
+        tcp_rcvq_drop => "TCPRcvQDrop",
+    }
+}
+
+mib! {
     /// UDP MIB (`Udp:` line).
     pub struct UdpMib = "Udp" {
         in_datagrams => "InDatagrams",
@@ -174,6 +204,8 @@ pub struct Snmp {
     pub ip_ext: IpExtMib,
     pub icmp: IcmpMib,
     pub udp: UdpMib,
+    pub tcp: TcpMib,
+    pub tcp_ext: TcpExtMib,
     pub arp: ArpMib,
     pub dev: DevStats,
     pub nf: NfStats,
@@ -199,6 +231,8 @@ impl Snmp {
         write_section(&mut out, IpMib::SECTION, &self.ip.fields());
         write_section(&mut out, IpExtMib::SECTION, &self.ip_ext.fields());
         write_section(&mut out, IcmpMib::SECTION, &self.icmp.fields());
+        write_section(&mut out, TcpMib::SECTION, &self.tcp.fields());
+        write_section(&mut out, TcpExtMib::SECTION, &self.tcp_ext.fields());
         write_section(&mut out, UdpMib::SECTION, &self.udp.fields());
         write_section(&mut out, ArpMib::SECTION, &self.arp.fields());
         write_section(&mut out, DevStats::SECTION, &self.dev.fields());
@@ -218,7 +252,7 @@ mod tests {
         s.icmp.out_echo_reps = 3;
         let text = s.render();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 14);
+        assert_eq!(lines.len(), 18);
         assert!(lines[0].starts_with("Ip: Forwarding DefaultTTL InReceives InHdrErrors"));
         assert!(lines[1].starts_with("Ip: 0 0 7 0"));
         let names: Vec<&str> = lines[4].split_whitespace().collect();

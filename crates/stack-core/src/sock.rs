@@ -4,12 +4,14 @@
 
 use crate::ping::PingSock;
 use crate::stack::{SocketId, Stack};
+use crate::tcp::TcpSock;
 use crate::udp::UdpSock;
 
 #[derive(Debug)]
 pub(crate) enum Sock {
     Ping(PingSock),
     Udp(Box<UdpSock>),
+    Tcp(Box<TcpSock>),
 }
 
 impl Stack {

@@ -19,6 +19,7 @@ use crate::rand::Rng;
 use crate::skb::{Skb, SkbPool};
 use crate::snmp::Snmp;
 use crate::sock::Sock;
+use crate::tcp::TcpTable;
 use crate::time::Instant;
 use crate::udp::UdpTable;
 use crate::wire::MacAddr;
@@ -71,6 +72,8 @@ pub struct SocketId(pub usize);
 pub enum Event {
     /// A socket has messages to read (`sk_data_ready`).
     Readable(SocketId),
+    /// A socket can send again, or finished connecting (`sk_write_space`).
+    Writable(SocketId),
 }
 
 pub struct Stack {
@@ -89,6 +92,7 @@ pub struct Stack {
     pub(crate) socks: Slab<Sock>,
     pub(crate) ping: PingTable,
     pub(crate) udp: UdpTable,
+    pub(crate) tcp: TcpTable,
     pub(crate) ip_ident: u16,
     /// IPv4 reassembly queues (`ipq`s).
     pub(crate) defrag: Defrag,
@@ -136,11 +140,13 @@ impl Stack {
             defrag: Defrag::new(DefragParms::default()),
             ping: PingTable::default(),
             udp: UdpTable::default(),
+            tcp: TcpTable::default(),
             backlog: VecDeque::new(),
             events: VecDeque::new(),
             config,
         };
         stack.install_address_routes();
+        stack.tcp_init_table();
         stack.arp_announce();
         stack
     }
@@ -234,10 +240,14 @@ impl Stack {
 
     /// When [`Stack::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.neigh.poll_timeout(), self.defrag.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.neigh.poll_timeout(),
+            self.defrag.poll_timeout(),
+            self.tcp_poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Bytes held by IPv4 reassembly queues (bounded by `ipfrag_high_thresh`).
@@ -255,6 +265,7 @@ impl Stack {
         if self.defrag.poll_timeout().is_some_and(|t| t <= now) {
             self.ip_expire();
         }
+        self.tcp_on_timer(now);
         self.process_backlog();
     }
 

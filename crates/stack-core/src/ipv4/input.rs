@@ -246,6 +246,10 @@ impl Stack {
                 self.snmp.ip.in_delivers += 1;
                 self.icmp_rcv(skb, broadcast);
             }
+            ipv4::protocol::TCP => {
+                self.snmp.ip.in_delivers += 1;
+                self.tcp_v4_rcv(skb, broadcast);
+            }
             ipv4::protocol::UDP => {
                 self.snmp.ip.in_delivers += 1;
                 self.udp_rcv(skb, broadcast);

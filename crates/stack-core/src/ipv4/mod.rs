@@ -58,6 +58,12 @@ pub enum SendError {
     AccessDenied,
     /// Not connected (ENOTCONN).
     NotConnected,
+    /// Writing after shutdown or after the peer reset (EPIPE).
+    BrokenPipe,
+    /// The peer reset the connection (ECONNRESET).
+    ConnectionReset,
+    /// Retransmissions gave up (ETIMEDOUT).
+    TimedOut,
 }
 
 impl SendError {
@@ -78,6 +84,9 @@ impl SendError {
             SendError::ConnectionRefused => 111,
             SendError::AccessDenied => 13,
             SendError::NotConnected => 107,
+            SendError::BrokenPipe => 32,
+            SendError::ConnectionReset => 104,
+            SendError::TimedOut => 110,
         }
     }
 }

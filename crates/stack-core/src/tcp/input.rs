@@ -1,0 +1,813 @@
+//! TCP ingress (net/ipv4/tcp_ipv4.c, tcp_input.c, tcp_minisocks.c): `tcp_v4_rcv`
+//! demultiplexes like `__inet_lookup_skb` (established hash, then listeners), listeners
+//! answer SYNs with a child in SYN_RECV (`tcp_conn_request`), and
+//! `tcp_rcv_state_process` runs the RFC 9293 section 3.10.7 event processing with the
+//! RFC 5961 defences and RFC 7323 PAWS. `tcp_rcv_established` takes the common case —
+//! an in-order segment on an established connection — without the slow path's checks.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::{seq_ge, seq_gt, seq_le, seq_lt, TcpSock, TcpState, MAX_SYN_BACKLOG};
+use crate::skb::Skb;
+use crate::sock::Sock;
+use crate::stack::{SocketId, Stack};
+use crate::time::Duration;
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
+
+/// RFC 5961 section 7: at most this many challenge ACKs per second per socket
+/// (Linux's `tcp_challenge_ack_limit` is global; per socket is stricter on no one).
+const CHALLENGE_ACK_LIMIT: u32 = 100;
+
+impl Stack {
+    /// `tcp_v4_rcv`: `data` at the TCP header, network header set.
+    #[tracing::instrument(level = "trace", name = "tcp_v4_rcv", skip_all)]
+    pub(crate) fn tcp_v4_rcv(&mut self, mut skb: Skb, broadcast: bool) {
+        let Some((src, dst)) = skb
+            .network_header()
+            .and_then(|h| Ipv4Packet::new_checked(h).ok())
+            .map(|ip| (ip.src(), ip.dst()))
+        else {
+            return;
+        };
+        self.snmp.tcp.in_segs += 1;
+        if broadcast {
+            // TCP is unicast only (RFC 1122 4.2.3.10).
+            return;
+        }
+        let (repr, hlen) = match TcpPacket::new_checked(skb.data()) {
+            Ok(p) => {
+                if !p.verify_checksum(src, dst) {
+                    self.snmp.tcp.in_csum_errors += 1;
+                    self.snmp.tcp.in_errs += 1;
+                    tracing::trace!("drop: bad TCP checksum");
+                    return;
+                }
+                match TcpRepr::parse(&p) {
+                    Ok(r) => (r, p.header_len()),
+                    Err(_) => {
+                        self.snmp.tcp.in_errs += 1;
+                        return;
+                    }
+                }
+            }
+            Err(_) => {
+                self.snmp.tcp.in_errs += 1;
+                return;
+            }
+        };
+        let f = repr.flags;
+        // Flag combinations no stack sends (scans and attacks): SYN with FIN or RST, and
+        // segments with none of SYN, ACK, RST (null, xmas), as tcp_validate_incoming and
+        // the listener path drop them.
+        if (f.contains(TcpFlags::SYN) && (f.contains(TcpFlags::FIN) || f.contains(TcpFlags::RST)))
+            || !(f.contains(TcpFlags::SYN)
+                || f.contains(TcpFlags::ACK)
+                || f.contains(TcpFlags::RST))
+        {
+            self.snmp.tcp.in_errs += 1;
+            tracing::trace!(flags = ?f, "drop: impossible flag combination");
+            return;
+        }
+        if skb.pull(hlen).is_err() {
+            return;
+        }
+        let local = SocketAddrV4::new(dst, repr.dst_port);
+        let remote = SocketAddrV4::new(src, repr.src_port);
+        if let Some(&k) = self.tcp.ehash.get(&(local, remote)) {
+            let id = SocketId(k);
+            if self.tcp_state(id) == Some(TcpState::TimeWait) {
+                self.tcp_timewait_state_process(id, &repr, skb.len());
+            } else {
+                self.tcp_rcv_state_process(id, &repr, skb);
+                self.tcp_reap(id);
+            }
+            return;
+        }
+        if let Some(l) = self.tcp_lookup_listener(dst, repr.dst_port) {
+            self.tcp_listen_rcv(l, src, dst, &repr, skb.len());
+            return;
+        }
+        let seg_len = skb.len() as u32
+            + u32::from(f.contains(TcpFlags::SYN))
+            + u32::from(f.contains(TcpFlags::FIN));
+        self.tcp_v4_send_reset(src, dst, &repr, seg_len);
+    }
+
+    /// `__inet_lookup_listener`: an exact address beats the wildcard.
+    fn tcp_lookup_listener(&self, dst: Ipv4Addr, port: u16) -> Option<SocketId> {
+        let keys = self.tcp.bhash.get(&port)?;
+        let mut best = None;
+        for &k in keys {
+            let Some(Sock::Tcp(s)) = self.socks.get(k) else {
+                continue;
+            };
+            if s.state != TcpState::Listen {
+                continue;
+            }
+            let ip = *s.local.expect("listeners are bound").ip();
+            if ip == dst {
+                return Some(SocketId(k));
+            }
+            if ip.is_unspecified() {
+                best = Some(SocketId(k));
+            }
+        }
+        best
+    }
+
+    /// A segment for a listener (`tcp_v4_do_rcv` in TCP_LISTEN): a SYN makes a child in
+    /// SYN_RECV (`tcp_conn_request`); anything with ACK gets a reset; RST is ignored.
+    fn tcp_listen_rcv(
+        &mut self,
+        l: SocketId,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        seg: &TcpRepr,
+        len: usize,
+    ) {
+        let f = seg.flags;
+        if f.contains(TcpFlags::RST) {
+            return;
+        }
+        if f.contains(TcpFlags::ACK) {
+            self.tcp_v4_send_reset(src, dst, seg, len as u32);
+            return;
+        }
+        if !f.contains(TcpFlags::SYN) {
+            return;
+        }
+        let (backlog, accepted, syn_q) = {
+            let s = self.tcp_sock(l).expect("listener");
+            (s.backlog, s.accept_q.len(), s.syn_q_len)
+        };
+        if accepted >= backlog {
+            // The accept queue is full: drop the SYN, the client retries (Linux does the
+            // same when syncookies are not in use).
+            self.snmp.tcp_ext.listen_overflows += 1;
+            self.snmp.tcp_ext.listen_drops += 1;
+            return;
+        }
+        if syn_q >= MAX_SYN_BACKLOG.max(backlog) {
+            self.snmp.tcp_ext.listen_drops += 1;
+            return;
+        }
+        let now = self.now;
+        let local = SocketAddrV4::new(dst, seg.dst_port);
+        let remote = SocketAddrV4::new(src, seg.src_port);
+        let rt = match self.ip_route_output(src) {
+            Ok(rt) => rt,
+            Err(_) => return,
+        };
+        let iss = self.tcp_isn(local, remote);
+        let (nodelay, rcvbuf, sndbuf, cc) = {
+            let p = self.tcp_sock(l).expect("listener");
+            (p.nodelay, p.rcvbuf, p.sndbuf, p.cc)
+        };
+        let mut c = TcpSock::new(now);
+        c.state = TcpState::SynRecv;
+        c.local = Some(local);
+        c.remote = Some(remote);
+        c.parent = Some(l.0);
+        c.nodelay = nodelay;
+        c.rcvbuf = rcvbuf;
+        c.sndbuf = sndbuf;
+        c.cc = cc;
+        c.iss = iss;
+        c.snd_una = iss;
+        c.snd_nxt = iss;
+        c.irs = seg.seq;
+        c.rcv_nxt = seg.seq.wrapping_add(1);
+        c.rcv_wup = c.rcv_nxt;
+        Self::tcp_apply_syn_options(&mut c, seg, rt.mtu);
+        c.snd_wnd = u32::from(seg.window);
+        c.snd_wl1 = seg.seq;
+        c.snd_wl2 = iss;
+        c.hashed = true;
+        let id = SocketId(self.socks.insert(Sock::Tcp(Box::new(c))));
+        self.tcp.ehash.insert((local, remote), id.0);
+        self.tcp.bhash.entry(local.port()).or_default();
+        self.tcp_sock_mut(l).expect("listener").syn_q_len += 1;
+        self.snmp.tcp.passive_opens += 1;
+        self.tcp_queue_control(id, true, false);
+        self.tcp_write_xmit(id);
+    }
+
+    /// Negotiate MSS, window scaling, SACK and timestamps from a SYN (RFC 9293 3.7.1,
+    /// RFC 7323, RFC 2018): each only if the peer offered it.
+    fn tcp_apply_syn_options(s: &mut TcpSock, seg: &TcpRepr, mtu: usize) {
+        let our_mss = mtu.saturating_sub(40).min(65535) as u16;
+        let peer_mss = seg.mss.unwrap_or(super::DEFAULT_MSS);
+        s.mss = our_mss.min(peer_mss).max(64);
+        if let Some(ws) = seg.window_scale {
+            s.wscale_ok = true;
+            // RFC 7323 2.3: a shift over 14 is treated as 14.
+            s.snd_wscale = ws.min(14);
+            s.rcv_wscale = TcpSock::choose_rcv_wscale(s.rcvbuf);
+        } else {
+            s.snd_wscale = 0;
+            s.rcv_wscale = 0;
+        }
+        s.sack_ok = seg.sack_permitted;
+        if let Some((tsval, _)) = seg.timestamps {
+            s.ts_ok = true;
+            s.ts_recent = tsval;
+        }
+        if s.ts_ok {
+            // Timestamps take 12 bytes of every segment.
+            s.mss = s.mss.saturating_sub(12).max(64);
+        }
+    }
+
+    /// RFC 5961 section 7: a challenge ACK, rate limited.
+    fn tcp_send_challenge_ack(&mut self, id: SocketId) {
+        let now = self.now;
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        if now.saturating_duration_since(s.challenge.0) >= Duration::from_secs(1) {
+            s.challenge = (now, 0);
+        }
+        if s.challenge.1 >= CHALLENGE_ACK_LIMIT {
+            return;
+        }
+        s.challenge.1 += 1;
+        self.snmp.tcp_ext.tcp_challenge_ack += 1;
+        self.tcp_send_ack(id);
+    }
+
+    /// `tcp_rcv_state_process`: everything but LISTEN and TIME_WAIT.
+    fn tcp_rcv_state_process(&mut self, id: SocketId, seg: &TcpRepr, skb: Skb) {
+        let Some(state) = self.tcp_state(id) else {
+            return;
+        };
+        if state == TcpState::SynSent {
+            self.tcp_rcv_synsent_state_process(id, seg);
+            return;
+        }
+        let f = seg.flags;
+        let seg_len = skb.len() as u32;
+        let s = self.tcp_sock_mut(id).expect("exists");
+
+        // PAWS (RFC 7323 5.3): a timestamp older than the last one seen is a segment from
+        // an old incarnation of the sequence space.
+        if s.ts_ok && !f.contains(TcpFlags::RST) {
+            if let Some((tsval, _)) = seg.timestamps {
+                if seq_lt(tsval, s.ts_recent) {
+                    self.snmp.tcp_ext.paws_estab += 1;
+                    self.tcp_send_ack(id);
+                    return;
+                }
+            }
+        }
+
+        // 1. Sequence number check (RFC 9293 3.10.7.4, first).
+        let rcv_wnd = s.rcv_wup.wrapping_add(s.rcv_wnd).wrapping_sub(s.rcv_nxt);
+        let rcv_wnd = if seq_lt(s.rcv_wup.wrapping_add(s.rcv_wnd), s.rcv_nxt) {
+            0
+        } else {
+            rcv_wnd
+        };
+        let seg_end = seg
+            .seq
+            .wrapping_add(seg_len)
+            .wrapping_add(u32::from(f.contains(TcpFlags::FIN)));
+        let acceptable = if seg_len == 0 && !f.contains(TcpFlags::FIN) {
+            if rcv_wnd == 0 {
+                seg.seq == s.rcv_nxt
+            } else {
+                seq_ge(seg.seq, s.rcv_nxt) && seq_lt(seg.seq, s.rcv_nxt.wrapping_add(rcv_wnd))
+                    || seg.seq == s.rcv_nxt.wrapping_sub(1) && !f.contains(TcpFlags::RST)
+            }
+        } else if rcv_wnd == 0 {
+            // A zero window still accepts the ACK and FIN at rcv_nxt.
+            seg.seq == s.rcv_nxt
+        } else {
+            let wnd_end = s.rcv_nxt.wrapping_add(rcv_wnd);
+            (seq_ge(seg.seq, s.rcv_nxt) && seq_lt(seg.seq, wnd_end))
+                || (seq_gt(seg_end, s.rcv_nxt) && seq_le(seg_end, wnd_end))
+                || (seq_lt(seg.seq, s.rcv_nxt) && seq_gt(seg_end, s.rcv_nxt))
+        };
+        if !acceptable {
+            if !f.contains(TcpFlags::RST) {
+                self.tcp_send_ack(id);
+            }
+            return;
+        }
+
+        // 2. RST (RFC 5961 3.2): only exactly at rcv_nxt resets; elsewhere in the window
+        // it earns a challenge ACK.
+        if f.contains(TcpFlags::RST) {
+            if seg.seq == s.rcv_nxt {
+                self.tcp_reset(id);
+            } else {
+                self.tcp_send_challenge_ack(id);
+            }
+            return;
+        }
+
+        // Remember the newest timestamp for echoing (RFC 7323 4.3).
+        if s.ts_ok {
+            if let Some((tsval, _)) = seg.timestamps {
+                if seq_le(seg.seq, s.rcv_nxt) && seq_ge(tsval, s.ts_recent) {
+                    s.ts_recent = tsval;
+                }
+            }
+        }
+
+        // 4. SYN in a synchronized state (RFC 5961 4.2): challenge ACK.
+        if f.contains(TcpFlags::SYN) {
+            if state == TcpState::SynRecv && seg.seq == s.irs {
+                // A retransmitted SYN: our SYN-ACK was lost; send it again.
+                if let Some(first) = s.write_queue.front_mut() {
+                    if first.syn {
+                        first.lost = true;
+                    }
+                }
+                self.tcp_write_xmit(id);
+                return;
+            }
+            self.tcp_send_challenge_ack(id);
+            return;
+        }
+
+        // 5. ACK.
+        if !f.contains(TcpFlags::ACK) {
+            return;
+        }
+        if state == TcpState::SynRecv {
+            if seq_lt(s.snd_una, seg.ack) && seq_le(seg.ack, s.snd_nxt) {
+                self.tcp_synrecv_established(id);
+            } else {
+                let (local, remote) = (s.local.expect("set"), s.remote.expect("set"));
+                self.tcp_v4_send_reset(*remote.ip(), *local.ip(), seg, seg_len);
+                return;
+            }
+        }
+        let s = self.tcp_sock_mut(id).expect("exists");
+        // RFC 5961 5.2: ACKs for data never sent, or older than the window could have
+        // reached, are answered and dropped.
+        if seq_gt(seg.ack, s.snd_nxt) {
+            self.tcp_send_challenge_ack(id);
+            return;
+        }
+        if seq_lt(seg.ack, s.snd_una.wrapping_sub(s.max_window.max(65535))) {
+            self.tcp_send_challenge_ack(id);
+            return;
+        }
+        self.tcp_ack(id, seg, seg_len);
+        let Some(state) = self.tcp_state(id) else {
+            return;
+        };
+        if state == TcpState::Closed {
+            return;
+        }
+
+        // 7. Segment text.
+        if seg_len > 0 {
+            if matches!(
+                state,
+                TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2
+            ) {
+                self.tcp_data_queue(id, seg.seq, skb);
+            } else {
+                // After the peer's FIN: data beyond it is ignored (RFC 9293).
+                self.tcp_send_ack(id);
+            }
+        }
+
+        // 8. FIN (only once everything before it has arrived).
+        if f.contains(TcpFlags::FIN) {
+            let s = self.tcp_sock_mut(id).expect("exists");
+            let fin_seq = seg.seq.wrapping_add(seg_len);
+            if fin_seq == s.rcv_nxt && !s.fin_received {
+                self.tcp_fin(id);
+            } else if !s.fin_received {
+                // FIN after a hole: the data before it is queued out of order; the
+                // FIN is seen again when the peer retransmits.
+                self.tcp_send_ack(id);
+            }
+        }
+        self.tcp_ack_snd_check(id);
+        self.tcp_write_xmit(id);
+    }
+
+    /// SYN_SENT processing (RFC 9293 3.10.7.3).
+    fn tcp_rcv_synsent_state_process(&mut self, id: SocketId, seg: &TcpRepr) {
+        let f = seg.flags;
+        let s = self.tcp_sock_mut(id).expect("exists");
+        if f.contains(TcpFlags::ACK) && (seq_le(seg.ack, s.iss) || seq_gt(seg.ack, s.snd_nxt)) {
+            if !f.contains(TcpFlags::RST) {
+                let (local, remote) = (s.local.expect("set"), s.remote.expect("set"));
+                self.tcp_v4_send_reset(*remote.ip(), *local.ip(), seg, 0);
+            }
+            return;
+        }
+        if f.contains(TcpFlags::RST) {
+            if f.contains(TcpFlags::ACK) {
+                // Connection refused.
+                s.err = Some(crate::ipv4::SendError::ConnectionRefused);
+                self.snmp.tcp.attempt_fails += 1;
+                self.tcp_set_closed(id);
+            }
+            return;
+        }
+        if !f.contains(TcpFlags::SYN) {
+            return;
+        }
+        let mtu = self.dev.mtu;
+        let s = self.tcp_sock_mut(id).expect("exists");
+        s.irs = seg.seq;
+        s.rcv_nxt = seg.seq.wrapping_add(1);
+        s.rcv_wup = s.rcv_nxt;
+        Self::tcp_apply_syn_options(s, seg, mtu);
+        if f.contains(TcpFlags::ACK) {
+            // Our SYN is acknowledged: established. The window in a SYN is not scaled.
+            s.snd_wnd = u32::from(seg.window);
+            s.max_window = s.snd_wnd;
+            s.snd_wl1 = seg.seq;
+            s.snd_wl2 = seg.ack;
+            self.tcp_ack_advance(id, seg.ack);
+            let s = self.tcp_sock_mut(id).expect("exists");
+            s.state = TcpState::Established;
+            self.snmp.tcp.curr_estab += 1;
+            self.tcp_send_ack(id);
+            self.tcp_wake(id, false, true);
+            self.tcp_write_xmit(id);
+        } else {
+            // Simultaneous open (RFC 9293 figure 7): SYN_RECV, answer with SYN-ACK.
+            s.state = TcpState::SynRecv;
+            s.snd_wnd = u32::from(seg.window);
+            if let Some(first) = s.write_queue.front_mut() {
+                first.lost = true;
+            }
+            self.tcp_write_xmit(id);
+        }
+    }
+
+    /// The handshake's last ACK arrived: the child goes to its listener's accept queue.
+    fn tcp_synrecv_established(&mut self, id: SocketId) {
+        let s = self.tcp_sock_mut(id).expect("exists");
+        s.state = TcpState::Established;
+        let parent = s.parent;
+        self.snmp.tcp.curr_estab += 1;
+        match parent {
+            Some(p) => {
+                if let Some(Sock::Tcp(l)) = self.socks.get_mut(p) {
+                    l.syn_q_len = l.syn_q_len.saturating_sub(1);
+                    l.accept_q.push_back(id.0);
+                }
+                self.tcp_wake(SocketId(p), true, false);
+            }
+            None => self.tcp_wake(id, false, true),
+        }
+    }
+
+    /// A valid RST: the connection is reset (ECONNRESET, or ECONNREFUSED in SYN_SENT).
+    fn tcp_reset(&mut self, id: SocketId) {
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        let state = s.state;
+        s.err = Some(match state {
+            TcpState::SynSent => crate::ipv4::SendError::ConnectionRefused,
+            TcpState::CloseWait => crate::ipv4::SendError::BrokenPipe,
+            _ => crate::ipv4::SendError::ConnectionReset,
+        });
+        let parent = s.parent;
+        if parent.is_some() {
+            s.orphan = true;
+        }
+        if matches!(state, TcpState::Established | TcpState::CloseWait) {
+            self.snmp.tcp.estab_resets += 1;
+        }
+        // A child that never got accepted just disappears from its listener.
+        if let Some(p) = parent {
+            if let Some(Sock::Tcp(l)) = self.socks.get_mut(p) {
+                l.accept_q.retain(|&c| c != id.0);
+                if state == TcpState::SynRecv {
+                    l.syn_q_len = l.syn_q_len.saturating_sub(1);
+                }
+            }
+        }
+        self.tcp_set_closed(id);
+    }
+
+    /// `tcp_ack`: process the acknowledgment field: window update, newly acked data,
+    /// RTT, congestion control, duplicate ACKs and fast retransmit (RFC 5681 3.2,
+    /// NewReno per RFC 6582).
+    fn tcp_ack(&mut self, id: SocketId, seg: &TcpRepr, seg_len: u32) {
+        let now = self.now;
+        let s = self.tcp_sock_mut(id).expect("exists");
+        let ack = seg.ack;
+        let window = u32::from(seg.window) << s.snd_wscale;
+        let prior_una = s.snd_una;
+        // Window update (RFC 9293 3.10.7.4, fifth, "SND.WL1/WL2" rule).
+        let window_changed = window != s.snd_wnd;
+        if seq_lt(s.snd_wl1, seg.seq) || (s.snd_wl1 == seg.seq && seq_le(s.snd_wl2, ack)) {
+            s.snd_wnd = window;
+            s.snd_wl1 = seg.seq;
+            s.snd_wl2 = ack;
+            s.max_window = s.max_window.max(window);
+            if window > 0 {
+                s.persist_timer = None;
+                s.probes = 0;
+            }
+        }
+        if seq_gt(ack, prior_una) {
+            // New data acknowledged; the RTT sample (Karn: never from a retransmitted
+            // segment) is taken there too.
+            self.tcp_ack_advance(id, ack);
+        } else if ack == prior_una
+            && seg_len == 0
+            && !seg.flags.contains(TcpFlags::FIN)
+            && !window_changed
+            && s.snd_una != s.snd_nxt
+        {
+            // A duplicate ACK (RFC 5681 section 2).
+            s.dupacks += 1;
+            if s.recovery.is_some() {
+                // Each further dupack means a segment left the network (inflation).
+                s.cwnd += 1;
+            } else if s.dupacks == 3 {
+                // Fast retransmit and enter fast recovery (RFC 6582 3.2 step 2).
+                let ssthresh = s.cong_ssthresh();
+                s.ssthresh = ssthresh;
+                s.cwnd = ssthresh + 3;
+                s.recovery = Some(s.snd_nxt);
+                if let Some(head) = s.write_queue.front_mut() {
+                    head.lost = true;
+                }
+                self.snmp.tcp_ext.tcp_reno_recovery += 1;
+            }
+        }
+        let s = self.tcp_sock_mut(id).expect("exists");
+        // Our FIN acknowledged: the closing states move on.
+        let fin_acked = s.fin_queued && s.snd_una == s.snd_nxt && s.write_queue.is_empty();
+        if fin_acked {
+            match s.state {
+                TcpState::FinWait1 => {
+                    s.state = TcpState::FinWait2;
+                    if s.orphan {
+                        s.tw_timer = Some(now + super::FIN_TIMEOUT);
+                    }
+                }
+                TcpState::Closing => self.tcp_time_wait(id),
+                TcpState::LastAck => {
+                    self.tcp_set_closed(id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Remove fully acknowledged segments, sample the RTT, grow the window, restart or
+    /// stop the retransmission timer (`tcp_clean_rtx_queue`).
+    fn tcp_ack_advance(&mut self, id: SocketId, ack: u32) {
+        let now = self.now;
+        let s = self.tcp_sock_mut(id).expect("exists");
+        let mut acked_segs = 0u32;
+        let mut acked_bytes = 0usize;
+        let mut rtt_sample = None;
+        while let Some(seg) = s.write_queue.front_mut() {
+            if seq_le(seg.end_seq, ack) {
+                if let (Some(t), false) = (seg.sent, seg.retransmitted) {
+                    rtt_sample = Some(now.saturating_duration_since(t));
+                }
+                acked_bytes += seg.skb.len();
+                acked_segs += 1;
+                s.write_queue.pop_front();
+            } else if seq_lt(seg.seq, ack) {
+                // Partly acknowledged: trim it (tcp_trim_head).
+                let n = ack.wrapping_sub(seg.seq) as usize;
+                let n_payload = n.saturating_sub(usize::from(seg.syn)).min(seg.skb.len());
+                let _ = seg.skb.pull(n_payload);
+                if seg.syn {
+                    seg.syn = false;
+                }
+                seg.seq = ack;
+                acked_bytes += n_payload;
+                break;
+            } else {
+                break;
+            }
+        }
+        s.snd_una = ack;
+        if seq_lt(s.snd_nxt, ack) {
+            s.snd_nxt = ack;
+        }
+        s.wq_bytes = s.wq_bytes.saturating_sub(acked_bytes);
+        s.dupacks = 0;
+        s.retransmits = 0;
+        s.backoff = 0;
+        if let Some(rtt) = rtt_sample {
+            s.rtt_update(rtt);
+        }
+        // NewReno (RFC 6582 3.2 steps 3-4): a partial ACK retransmits the next hole; a
+        // full ACK ends recovery with cwnd = ssthresh.
+        if let Some(recover) = s.recovery {
+            if seq_ge(ack, recover) {
+                s.recovery = None;
+                s.cwnd = s.ssthresh.min(s.in_flight() + 1).max(2);
+            } else {
+                if let Some(head) = s.write_queue.front_mut() {
+                    head.lost = true;
+                }
+                s.cwnd = s.cwnd.saturating_sub(acked_segs).max(1) + 1;
+            }
+        } else {
+            s.cong_avoid(now, acked_segs);
+        }
+        s.rto_timer = if s.snd_una == s.snd_nxt {
+            None
+        } else {
+            Some(now + s.rto)
+        };
+        let wake = s.want_write && s.wq_bytes < s.sndbuf / 2;
+        if wake {
+            self.tcp_wake(id, false, true);
+        }
+    }
+
+    /// Queue received data: in order onto the receive queue (then anything the
+    /// out-of-order queue now continues), ahead of a hole into the out-of-order queue
+    /// (`tcp_data_queue`, `tcp_ofo_queue`).
+    fn tcp_data_queue(&mut self, id: SocketId, seq: u32, mut skb: Skb) {
+        let s = self.tcp_sock_mut(id).expect("exists");
+        // Trim what we already have.
+        if seq_lt(seq, s.rcv_nxt) {
+            let dup = s.rcv_nxt.wrapping_sub(seq) as usize;
+            if dup >= skb.len() {
+                // Entirely old: a retransmission; ACK at once (it may mean our ACK was lost).
+                self.tcp_send_ack(id);
+                return;
+            }
+            let _ = skb.pull(dup);
+        }
+        let seq = if seq_lt(seq, s.rcv_nxt) {
+            s.rcv_nxt
+        } else {
+            seq
+        };
+        // Never beyond the window we offered.
+        let right = s.rcv_wup.wrapping_add(s.rcv_wnd);
+        let room = right.wrapping_sub(seq) as usize;
+        if seq_ge(seq, right) {
+            self.tcp_send_ack(id);
+            return;
+        }
+        skb.trim(room);
+        let truesize = skb.end();
+        if s.rmem + truesize > 2 * s.rcvbuf {
+            // Buffer memory exhausted (a peer sending tiny segments): drop, the sender
+            // retransmits once the application has read (tcp_try_rmem_schedule).
+            self.snmp.tcp_ext.tcp_rcvq_drop += 1;
+            self.tcp_send_ack(id);
+            return;
+        }
+        if seq == s.rcv_nxt {
+            s.rcv_nxt = s.rcv_nxt.wrapping_add(skb.len() as u32);
+            s.rcvq_bytes += skb.len();
+            s.rmem += truesize;
+            s.rcvq.push_back(skb);
+            // Anything queued out of order that now fits?
+            while let Some((&oseq, _)) = s.ooo.first_key_value() {
+                if seq_gt(oseq, s.rcv_nxt) {
+                    break;
+                }
+                let (_, mut o) = s.ooo.pop_first().expect("non-empty");
+                s.ooo_bytes -= o.len();
+                let end = oseq.wrapping_add(o.len() as u32);
+                if seq_le(end, s.rcv_nxt) {
+                    s.rmem -= o.end();
+                    continue;
+                }
+                let _ = o.pull(s.rcv_nxt.wrapping_sub(oseq) as usize);
+                s.rcv_nxt = end;
+                s.rcvq_bytes += o.len();
+                s.rcvq.push_back(o);
+            }
+            s.segs_unacked += 1;
+            s.ack_pending = true;
+            let had_ooo = !s.ooo.is_empty();
+            self.tcp_wake(id, true, false);
+            if had_ooo {
+                self.tcp_send_ack(id);
+            }
+        } else {
+            // Out of order: keep it (bounded by rmem above) and ACK at once so the
+            // sender sees the duplicate ACKs it needs (RFC 5681 4.2).
+            if !s.ooo.contains_key(&seq) {
+                s.ooo_bytes += skb.len();
+                s.rmem += truesize;
+                s.ooo.insert(seq, skb);
+            }
+            self.tcp_send_ack(id);
+        }
+    }
+
+    /// The peer's FIN, in order (`tcp_fin`).
+    fn tcp_fin(&mut self, id: SocketId) {
+        let s = self.tcp_sock_mut(id).expect("exists");
+        s.rcv_nxt = s.rcv_nxt.wrapping_add(1);
+        s.fin_received = true;
+        match s.state {
+            TcpState::Established => s.state = TcpState::CloseWait,
+            TcpState::FinWait1 => {
+                // Our FIN not yet acknowledged: simultaneous close.
+                s.state = TcpState::Closing;
+            }
+            TcpState::FinWait2 => {
+                self.tcp_send_ack(id);
+                self.tcp_time_wait(id);
+                self.tcp_wake(id, true, false);
+                return;
+            }
+            _ => {}
+        }
+        self.tcp_send_ack(id);
+        self.tcp_wake(id, true, false);
+    }
+
+    /// Enter TIME_WAIT for 2 MSL (Linux: 60 s).
+    pub(crate) fn tcp_time_wait(&mut self, id: SocketId) {
+        let now = self.now;
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        s.state = TcpState::TimeWait;
+        s.rto_timer = None;
+        s.delack_timer = None;
+        s.persist_timer = None;
+        s.tw_timer = Some(now + super::TIME_WAIT_LEN);
+        s.write_queue.clear();
+        s.wq_bytes = 0;
+    }
+
+    /// `tcp_timewait_state_process`: re-ACK a retransmitted FIN; a new SYN may reuse the
+    /// 4-tuple once its sequence number is beyond the old connection's (RFC 9293
+    /// 3.6.1 via RFC 6191's spirit); other segments get an ACK, RST ends it early.
+    fn tcp_timewait_state_process(&mut self, id: SocketId, seg: &TcpRepr, len: usize) {
+        let f = seg.flags;
+        let Some(s) = self.tcp_sock(id) else { return };
+        if f.contains(TcpFlags::RST) {
+            // RFC 1337: ignore RSTs in TIME_WAIT (Linux's default tcp_rfc1337=0 kills
+            // the socket; both are allowed, the kernel's choice is kept).
+            self.tcp_set_closed(id);
+            self.tcp_reap(id);
+            return;
+        }
+        if f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::ACK) && seq_gt(seg.seq, s.rcv_nxt) {
+            let (local, remote) = (s.local.expect("set"), s.remote.expect("set"));
+            self.tcp_set_closed(id);
+            self.tcp_reap(id);
+            if let Some(l) = self.tcp_lookup_listener(*local.ip(), local.port()) {
+                self.tcp_listen_rcv(l, *remote.ip(), *local.ip(), seg, len);
+            }
+            return;
+        }
+        if f.contains(TcpFlags::FIN) || len > 0 {
+            self.tcp_send_ack(id);
+        }
+    }
+
+    /// Decide between an immediate and a delayed ACK (`__tcp_ack_snd_check`): ACK every
+    /// second full segment (RFC 5681 4.2), at once in quick-ACK mode, else within 40 ms.
+    fn tcp_ack_snd_check(&mut self, id: SocketId) {
+        let now = self.now;
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        if !s.ack_pending {
+            return;
+        }
+        if s.segs_unacked >= 2 || s.quickack > 0 {
+            s.quickack = s.quickack.saturating_sub(1);
+            self.tcp_send_ack(id);
+        } else if s.delack_timer.is_none() {
+            s.delack_timer = Some(now + super::timer::DELACK);
+        }
+    }
+}
+
+impl TcpSock {
+    /// RFC 6298 section 2: SRTT, RTTVAR and RTO from a new sample; RTO floored at
+    /// Linux's 200 ms and capped at 120 s.
+    pub(crate) fn rtt_update(&mut self, rtt: Duration) {
+        let r = rtt.as_micros() as u64;
+        match self.srtt_us {
+            None => {
+                self.srtt_us = Some(r);
+                self.rttvar_us = r / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(r);
+                self.rttvar_us = (3 * self.rttvar_us + diff) / 4;
+                self.srtt_us = Some((7 * srtt + r) / 8);
+            }
+        }
+        let srtt = self.srtt_us.unwrap_or(r);
+        let rto = Duration::from_micros(srtt + (4 * self.rttvar_us).max(1000));
+        self.rto = rto.clamp(super::timer::MIN_RTO, super::timer::MAX_RTO);
+    }
+}

@@ -1,0 +1,877 @@
+//! TCP (RFC 9293), after net/ipv4/tcp*.c. This module holds the socket (`struct
+//! tcp_sock`), the connection tables (`inet_hashinfo`: established hash and listening
+//! hash) and the socket calls; `input` is `tcp_v4_rcv` and the state machine, `output`
+//! is `tcp_sendmsg` / `tcp_write_xmit` / `tcp_transmit_skb`, `timer` the retransmission,
+//! delayed-ACK, persist and TIME_WAIT timers, `cong` the congestion control.
+//!
+//! Sequence numbers are compared modulo 2^32 ([`seq_lt`] and friends, RFC 9293 3.4).
+
+mod cong;
+mod input;
+mod isn;
+mod output;
+mod timer;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use cong::CongState;
+pub use cong::CongestionControl;
+
+use crate::ipv4::SendError;
+use crate::skb::Skb;
+use crate::sock::Sock;
+use crate::stack::{Event, SocketId, Stack};
+use crate::time::{Duration, Instant};
+
+/// Connection states (RFC 9293 section 3.3.2; Linux `TCP_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpState {
+    Closed,
+    Listen,
+    SynSent,
+    SynRecv,
+    Established,
+    FinWait1,
+    FinWait2,
+    CloseWait,
+    Closing,
+    LastAck,
+    TimeWait,
+}
+
+/// Which halves `tcp_shutdown` closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    Read,
+    Write,
+    Both,
+}
+
+/// `a < b` in sequence space.
+pub fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+pub fn seq_le(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) <= 0
+}
+
+pub fn seq_gt(a: u32, b: u32) -> bool {
+    seq_lt(b, a)
+}
+
+pub fn seq_ge(a: u32, b: u32) -> bool {
+    seq_le(b, a)
+}
+
+/// Default MSS when the peer sends none (RFC 9293 3.7.1: 536).
+pub const DEFAULT_MSS: u16 = 536;
+/// Initial window in segments (RFC 6928).
+pub const INIT_CWND: u32 = 10;
+/// Socket buffer defaults. Linux autotunes up to `tcp_rmem[2]`/`tcp_wmem[2]`; we start at
+/// sizes that fill a fast local link.
+pub const DEFAULT_SNDBUF: usize = 1 << 20;
+pub const DEFAULT_RCVBUF: usize = 1 << 20;
+/// `tcp_fin_timeout` and TIME_WAIT length (`TCP_TIMEWAIT_LEN`).
+pub const FIN_TIMEOUT: Duration = Duration::from_secs(60);
+pub const TIME_WAIT_LEN: Duration = Duration::from_secs(60);
+/// `tcp_retries2` and `tcp_syn_retries`.
+pub const RETRIES2: u32 = 15;
+pub const SYN_RETRIES: u32 = 6;
+/// Most SYN_RECV children a listener keeps (`tcp_max_syn_backlog`).
+pub const MAX_SYN_BACKLOG: usize = 256;
+
+/// One segment of the write queue: `skb.data()` is its payload; SYN and FIN each take
+/// one sequence number (`TCP_SKB_CB`).
+#[derive(Debug)]
+pub(crate) struct TxSeg {
+    pub seq: u32,
+    pub end_seq: u32,
+    pub syn: bool,
+    pub fin: bool,
+    pub skb: Skb,
+    /// First transmission time, for RTT samples (Karn: none once retransmitted).
+    pub sent: Option<Instant>,
+    pub retransmitted: bool,
+    /// Marked lost (RTO or fast retransmit) and not yet retransmitted.
+    pub lost: bool,
+}
+
+impl TxSeg {
+    fn payload_len(&self) -> usize {
+        self.skb.len()
+    }
+}
+
+/// `struct tcp_sock`, trimmed to what this stack implements.
+#[derive(Debug)]
+pub(crate) struct TcpSock {
+    pub state: TcpState,
+    pub local: Option<SocketAddrV4>,
+    pub remote: Option<SocketAddrV4>,
+    pub reuseaddr: bool,
+    pub nodelay: bool,
+    /// Whether the socket is in the established hash.
+    pub hashed: bool,
+
+    // Listener.
+    pub backlog: usize,
+    pub accept_q: VecDeque<usize>,
+    pub syn_q_len: usize,
+    /// The listener that created this socket, while it is not yet accepted.
+    pub parent: Option<usize>,
+
+    // Send sequence space (RFC 9293 3.3.1).
+    pub iss: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub snd_wnd: u32,
+    pub snd_wl1: u32,
+    pub snd_wl2: u32,
+    pub max_window: u32,
+    /// Shift the peer applies to its window (from its SYN).
+    pub snd_wscale: u8,
+    pub write_queue: VecDeque<TxSeg>,
+    /// Payload bytes in the write queue.
+    pub wq_bytes: usize,
+    pub sndbuf: usize,
+    /// The user shut down writing; a FIN goes after the queued data.
+    pub fin_queued: bool,
+    pub mss: u16,
+
+    // Receive sequence space.
+    pub irs: u32,
+    pub rcv_nxt: u32,
+    /// Window advertised last, and `rcv_nxt` then (`rcv_wup`).
+    pub rcv_wnd: u32,
+    pub rcv_wup: u32,
+    pub rcv_wscale: u8,
+    pub rcvq: VecDeque<Skb>,
+    pub rcvq_bytes: usize,
+    pub ooo: BTreeMap<u32, Skb>,
+    pub ooo_bytes: usize,
+    /// Buffer memory (truesize) of rcvq + ooo, bounded by 2 * rcvbuf.
+    pub rmem: usize,
+    pub rcvbuf: usize,
+    pub fin_received: bool,
+    pub shut_rd: bool,
+
+    // Options.
+    pub ts_ok: bool,
+    pub ts_recent: u32,
+    pub sack_ok: bool,
+    pub wscale_ok: bool,
+
+    // RTT and retransmission (RFC 6298).
+    pub srtt_us: Option<u64>,
+    pub rttvar_us: u64,
+    pub rto: Duration,
+    pub backoff: u32,
+    pub retransmits: u32,
+    pub rto_timer: Option<Instant>,
+
+    // Delayed ACK.
+    pub ack_pending: bool,
+    pub delack_timer: Option<Instant>,
+    pub quickack: u32,
+    pub segs_unacked: u32,
+
+    // Zero-window probing.
+    pub persist_timer: Option<Instant>,
+    pub probes: u32,
+
+    // Congestion control (RFC 5681, RFC 6582).
+    pub cwnd: u32,
+    pub ssthresh: u32,
+    pub cwnd_cnt: u32,
+    pub dupacks: u32,
+    pub recovery: Option<u32>,
+    pub cc: CongState,
+
+    /// TIME_WAIT or orphaned FIN_WAIT_2 end.
+    pub tw_timer: Option<Instant>,
+
+    pub err: Option<SendError>,
+    pub read_signalled: bool,
+    pub want_write: bool,
+    /// `close()` was called: the stack finishes the connection and frees the socket.
+    pub orphan: bool,
+    pub linger_zero: bool,
+    /// RFC 5961 challenge ACK rate limit: (window start, count).
+    pub challenge: (Instant, u32),
+}
+
+impl TcpSock {
+    fn new(now: Instant) -> Self {
+        TcpSock {
+            state: TcpState::Closed,
+            local: None,
+            remote: None,
+            reuseaddr: false,
+            nodelay: false,
+            hashed: false,
+            backlog: 0,
+            accept_q: VecDeque::new(),
+            syn_q_len: 0,
+            parent: None,
+            iss: 0,
+            snd_una: 0,
+            snd_nxt: 0,
+            snd_wnd: 0,
+            snd_wl1: 0,
+            snd_wl2: 0,
+            max_window: 0,
+            snd_wscale: 0,
+            write_queue: VecDeque::new(),
+            wq_bytes: 0,
+            sndbuf: DEFAULT_SNDBUF,
+            fin_queued: false,
+            mss: DEFAULT_MSS,
+            irs: 0,
+            rcv_nxt: 0,
+            rcv_wnd: 0,
+            rcv_wup: 0,
+            rcv_wscale: 0,
+            rcvq: VecDeque::new(),
+            rcvq_bytes: 0,
+            ooo: BTreeMap::new(),
+            ooo_bytes: 0,
+            rmem: 0,
+            rcvbuf: DEFAULT_RCVBUF,
+            fin_received: false,
+            shut_rd: false,
+            ts_ok: false,
+            ts_recent: 0,
+            sack_ok: false,
+            wscale_ok: false,
+            srtt_us: None,
+            rttvar_us: 0,
+            rto: timer::INITIAL_RTO,
+            backoff: 0,
+            retransmits: 0,
+            rto_timer: None,
+            ack_pending: false,
+            delack_timer: None,
+            quickack: 16,
+            segs_unacked: 0,
+            persist_timer: None,
+            probes: 0,
+            cwnd: INIT_CWND,
+            ssthresh: u32::MAX,
+            cwnd_cnt: 0,
+            dupacks: 0,
+            recovery: None,
+            cc: CongState::default(),
+            tw_timer: None,
+            err: None,
+            read_signalled: false,
+            want_write: false,
+            orphan: false,
+            linger_zero: false,
+            challenge: (now, 0),
+        }
+    }
+
+    /// Segments sent and not yet acknowledged, minus those marked lost and not yet
+    /// resent (`tcp_packets_in_flight`).
+    pub fn in_flight(&self) -> u32 {
+        let mut n = 0;
+        for seg in &self.write_queue {
+            if seq_ge(seg.seq, self.snd_nxt) {
+                break;
+            }
+            if !seg.lost {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The window scale we offer: enough for the receive buffer (`tcp_select_initial_window`).
+    fn choose_rcv_wscale(rcvbuf: usize) -> u8 {
+        let mut shift = 0u8;
+        while shift < 14 && (65535usize << shift) < rcvbuf {
+            shift += 1;
+        }
+        shift
+    }
+
+    /// Whether the socket has nothing left to do once orphaned.
+    fn is_dead(&self) -> bool {
+        self.state == TcpState::Closed
+    }
+}
+
+/// The connection tables (`tcp_hashinfo`).
+#[derive(Debug, Default)]
+pub struct TcpTable {
+    /// Established hash: (local, remote) -> socket.
+    ehash: HashMap<(SocketAddrV4, SocketAddrV4), usize>,
+    /// Bound and listening sockets by local port.
+    bhash: HashMap<u16, Vec<usize>>,
+    /// RFC 6528 secret.
+    isn_key: (u64, u64),
+}
+
+impl TcpTable {
+    pub fn connections(&self) -> usize {
+        self.ehash.len()
+    }
+}
+
+/// Read and write readiness of a TCP socket (what `poll()` would report).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpReadiness {
+    pub readable: bool,
+    pub writable: bool,
+    /// Peer closed (FIN received) or the connection is gone.
+    pub hup: bool,
+    pub error: bool,
+}
+
+impl Stack {
+    pub(crate) fn tcp_sock(&self, id: SocketId) -> Option<&TcpSock> {
+        match self.socks.get(id.0) {
+            Some(Sock::Tcp(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn tcp_sock_mut(&mut self, id: SocketId) -> Option<&mut TcpSock> {
+        match self.socks.get_mut(id.0) {
+            Some(Sock::Tcp(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn tcp_init_table(&mut self) {
+        self.tcp.isn_key = (self.rng.next_u64(), self.rng.next_u64());
+    }
+
+    /// A new, closed TCP socket.
+    pub fn tcp_socket(&mut self) -> SocketId {
+        let now = self.now;
+        SocketId(self.socks.insert(Sock::Tcp(Box::new(TcpSock::new(now)))))
+    }
+
+    pub fn tcp_state(&self, id: SocketId) -> Option<TcpState> {
+        self.tcp_sock(id).map(|s| s.state)
+    }
+
+    pub fn tcp_local_addr(&self, id: SocketId) -> Option<SocketAddrV4> {
+        self.tcp_sock(id)?.local
+    }
+
+    pub fn tcp_peer_addr(&self, id: SocketId) -> Option<SocketAddrV4> {
+        self.tcp_sock(id)?.remote
+    }
+
+    pub fn tcp_set_nodelay(&mut self, id: SocketId, on: bool) -> Result<(), SendError> {
+        self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?.nodelay = on;
+        Ok(())
+    }
+
+    pub fn tcp_set_reuseaddr(&mut self, id: SocketId, on: bool) -> Result<(), SendError> {
+        self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?.reuseaddr = on;
+        Ok(())
+    }
+
+    /// SO_SNDBUF / SO_RCVBUF (before connecting, so the window scale can follow).
+    pub fn tcp_set_buffers(
+        &mut self,
+        id: SocketId,
+        sndbuf: Option<usize>,
+        rcvbuf: Option<usize>,
+    ) -> Result<(), SendError> {
+        let s = self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?;
+        if let Some(b) = sndbuf {
+            s.sndbuf = b.max(4096);
+        }
+        if let Some(b) = rcvbuf {
+            s.rcvbuf = b.max(4096);
+        }
+        Ok(())
+    }
+
+    /// SO_LINGER with a zero timeout: close sends RST and discards everything.
+    pub fn tcp_set_linger_zero(&mut self, id: SocketId, on: bool) -> Result<(), SendError> {
+        self.tcp_sock_mut(id)
+            .ok_or(SendError::BadSocket)?
+            .linger_zero = on;
+        Ok(())
+    }
+
+    pub fn tcp_set_congestion(
+        &mut self,
+        id: SocketId,
+        cc: CongestionControl,
+    ) -> Result<(), SendError> {
+        self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?.cc = CongState::new(cc);
+        Ok(())
+    }
+
+    /// What `poll()` would say.
+    pub fn tcp_poll(&self, id: SocketId) -> TcpReadiness {
+        let Some(s) = self.tcp_sock(id) else {
+            return TcpReadiness {
+                hup: true,
+                error: true,
+                ..Default::default()
+            };
+        };
+        let connected = matches!(s.state, TcpState::Established | TcpState::CloseWait);
+        TcpReadiness {
+            readable: !s.rcvq.is_empty()
+                || s.fin_received
+                || s.err.is_some()
+                || !s.accept_q.is_empty(),
+            writable: connected && s.wq_bytes < s.sndbuf,
+            hup: s.fin_received || s.state == TcpState::Closed,
+            error: s.err.is_some(),
+        }
+    }
+
+    /// `inet_bind` for TCP.
+    pub fn tcp_bind(
+        &mut self,
+        id: SocketId,
+        addr: SocketAddrV4,
+    ) -> Result<SocketAddrV4, SendError> {
+        let s = self.tcp_sock(id).ok_or(SendError::BadSocket)?;
+        if s.local.is_some() || s.state != TcpState::Closed {
+            return Err(SendError::InvalidInput);
+        }
+        let reuse = s.reuseaddr;
+        let ip = *addr.ip();
+        if !(ip.is_unspecified() || self.fib.is_local(ip)) {
+            return Err(SendError::AddrNotAvailable);
+        }
+        let port = if addr.port() == 0 {
+            self.tcp_ephemeral_port(None)?
+        } else {
+            if self.tcp_bind_conflict(addr.port(), ip, reuse) {
+                return Err(SendError::AddrInUse);
+            }
+            addr.port()
+        };
+        let local = SocketAddrV4::new(ip, port);
+        self.tcp_sock_mut(id).expect("checked").local = Some(local);
+        self.tcp.bhash.entry(port).or_default().push(id.0);
+        Ok(local)
+    }
+
+    /// `inet_csk_bind_conflict`: another socket on the port with an overlapping address
+    /// conflicts unless both set SO_REUSEADDR and the other is not listening.
+    fn tcp_bind_conflict(&self, port: u16, ip: Ipv4Addr, reuse: bool) -> bool {
+        let Some(keys) = self.tcp.bhash.get(&port) else {
+            return false;
+        };
+        keys.iter().any(|&k| {
+            let Some(Sock::Tcp(o)) = self.socks.get(k) else {
+                return false;
+            };
+            let oip = *o.local.expect("bound").ip();
+            let overlap = ip.is_unspecified() || oip.is_unspecified() || ip == oip;
+            overlap && !(reuse && o.reuseaddr && o.state != TcpState::Listen)
+        })
+    }
+
+    /// RFC 6056 section 3.3.1 for a connection to `remote`: any port whose 4-tuple is
+    /// unused will do (`__inet_hash_connect`), so many connections can share a port.
+    fn tcp_ephemeral_port(
+        &mut self,
+        remote: Option<(Ipv4Addr, SocketAddrV4)>,
+    ) -> Result<u16, SendError> {
+        use crate::udp::{EPHEMERAL_HIGH, EPHEMERAL_LOW};
+        let count = u32::from(EPHEMERAL_HIGH - EPHEMERAL_LOW) + 1;
+        let start = self.rng.next_u32() % count;
+        for i in 0..count {
+            let port = EPHEMERAL_LOW + ((start + i) % count) as u16;
+            let free = match remote {
+                None => !self.tcp.bhash.contains_key(&port),
+                Some((src, r)) => {
+                    // Not bound by anyone for listening or explicitly, and the 4-tuple
+                    // unused.
+                    let bound_explicitly = self.tcp.bhash.get(&port).is_some_and(|v| !v.is_empty());
+                    !bound_explicitly
+                        && !self
+                            .tcp
+                            .ehash
+                            .contains_key(&(SocketAddrV4::new(src, port), r))
+                }
+            };
+            if free {
+                return Ok(port);
+            }
+        }
+        Err(SendError::AddrNotAvailable)
+    }
+
+    /// `inet_listen`.
+    pub fn tcp_listen(&mut self, id: SocketId, backlog: usize) -> Result<(), SendError> {
+        let s = self.tcp_sock(id).ok_or(SendError::BadSocket)?;
+        match s.state {
+            TcpState::Closed | TcpState::Listen => {}
+            _ => return Err(SendError::InvalidInput),
+        }
+        if s.local.is_none() {
+            self.tcp_bind(id, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        }
+        let s = self.tcp_sock_mut(id).expect("checked");
+        s.state = TcpState::Listen;
+        // Linux clamps to somaxconn (4096).
+        s.backlog = backlog.clamp(1, 4096);
+        Ok(())
+    }
+
+    /// `inet_accept`: a connected child, or `Ok(None)` when none is waiting.
+    pub fn tcp_accept(
+        &mut self,
+        id: SocketId,
+    ) -> Result<Option<(SocketId, SocketAddrV4)>, SendError> {
+        let s = self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?;
+        if s.state != TcpState::Listen {
+            return Err(SendError::InvalidInput);
+        }
+        let Some(child) = s.accept_q.pop_front() else {
+            s.read_signalled = false;
+            return Ok(None);
+        };
+        if s.accept_q.is_empty() {
+            s.read_signalled = false;
+        }
+        let c = self
+            .tcp_sock_mut(SocketId(child))
+            .expect("accepted child exists");
+        c.parent = None;
+        let remote = c.remote.expect("connected child has a peer");
+        Ok(Some((SocketId(child), remote)))
+    }
+
+    /// `tcp_v4_connect`: start the three-way handshake. A `Writable` event follows when
+    /// it completes; a failure is reported by the next call (and a `Readable` event).
+    pub fn tcp_connect(
+        &mut self,
+        now: Instant,
+        id: SocketId,
+        peer: SocketAddrV4,
+    ) -> Result<(), SendError> {
+        self.now = now;
+        let s = self.tcp_sock(id).ok_or(SendError::BadSocket)?;
+        match s.state {
+            TcpState::Closed => {}
+            TcpState::SynSent => return Err(SendError::WouldBlock),
+            _ => return Err(SendError::InvalidInput),
+        }
+        let bound = s.local;
+        if peer.port() == 0
+            || peer.ip().is_unspecified()
+            || peer.ip().is_broadcast()
+            || peer.ip().is_multicast()
+        {
+            return Err(SendError::InvalidInput);
+        }
+        let rt = self.ip_route_output(*peer.ip())?;
+        let local = match bound {
+            Some(l) => {
+                let src = if l.ip().is_unspecified() {
+                    rt.src
+                } else {
+                    *l.ip()
+                };
+                let local = SocketAddrV4::new(src, l.port());
+                if self.tcp.ehash.contains_key(&(local, peer)) {
+                    return Err(SendError::AddrInUse);
+                }
+                local
+            }
+            None => {
+                let port = self.tcp_ephemeral_port(Some((rt.src, peer)))?;
+                SocketAddrV4::new(rt.src, port)
+            }
+        };
+        let iss = self.tcp_isn(local, peer);
+        let mss = (rt.mtu.saturating_sub(40)).min(usize::from(u16::MAX)) as u16;
+        let s = self.tcp_sock_mut(id).expect("checked");
+        s.local = Some(local);
+        s.remote = Some(peer);
+        s.iss = iss;
+        s.snd_una = iss;
+        s.snd_nxt = iss;
+        s.mss = mss;
+        s.rcv_wscale = TcpSock::choose_rcv_wscale(s.rcvbuf);
+        s.state = TcpState::SynSent;
+        self.tcp.ehash.insert((local, peer), id.0);
+        self.tcp_sock_mut(id).expect("checked").hashed = true;
+        self.snmp.tcp.active_opens += 1;
+        self.tcp_queue_control(id, true, false);
+        self.tcp_write_xmit(id);
+        self.process_backlog();
+        Ok(())
+    }
+
+    /// `tcp_sendmsg`: queue as much of `data` as the send buffer takes and push it out.
+    /// `Err(WouldBlock)` when the buffer is full (a `Writable` event follows).
+    pub fn tcp_send(
+        &mut self,
+        now: Instant,
+        id: SocketId,
+        data: &[u8],
+    ) -> Result<usize, SendError> {
+        self.now = now;
+        let s = self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?;
+        if let Some(e) = s.err.take() {
+            return Err(e);
+        }
+        match s.state {
+            TcpState::Established | TcpState::CloseWait => {}
+            TcpState::SynSent | TcpState::SynRecv => return Err(SendError::WouldBlock),
+            _ => return Err(SendError::BrokenPipe),
+        }
+        if s.fin_queued {
+            return Err(SendError::BrokenPipe);
+        }
+        let room = s.sndbuf.saturating_sub(s.wq_bytes);
+        if room == 0 {
+            s.want_write = true;
+            return Err(SendError::WouldBlock);
+        }
+        let n = room.min(data.len());
+        self.tcp_append(id, &data[..n]);
+        self.tcp_write_xmit(id);
+        self.process_backlog();
+        Ok(n)
+    }
+
+    /// `tcp_recvmsg`: copy queued data into `buf`. `Ok(0)` is end of stream (the peer's
+    /// FIN), `Err(WouldBlock)` means nothing yet.
+    pub fn tcp_recv(
+        &mut self,
+        now: Instant,
+        id: SocketId,
+        buf: &mut [u8],
+        peek: bool,
+    ) -> Result<usize, SendError> {
+        self.now = now;
+        let s = self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?;
+        if s.rcvq.is_empty() {
+            if let Some(e) = s.err.take() {
+                return Err(e);
+            }
+            if s.fin_received || s.shut_rd {
+                return Ok(0);
+            }
+            s.read_signalled = false;
+            return match s.state {
+                TcpState::Listen | TcpState::Closed if !s.fin_received => {
+                    Err(SendError::NotConnected)
+                }
+                _ => Err(SendError::WouldBlock),
+            };
+        }
+        let mut copied = 0;
+        if peek {
+            for skb in &s.rcvq {
+                let n = skb.len().min(buf.len() - copied);
+                buf[copied..copied + n].copy_from_slice(&skb.data()[..n]);
+                copied += n;
+                if copied == buf.len() {
+                    break;
+                }
+            }
+            return Ok(copied);
+        }
+        while copied < buf.len() {
+            let Some(skb) = s.rcvq.front_mut() else { break };
+            let n = skb.len().min(buf.len() - copied);
+            buf[copied..copied + n].copy_from_slice(&skb.data()[..n]);
+            copied += n;
+            if n == skb.len() {
+                let skb = s.rcvq.pop_front().expect("front exists");
+                s.rmem -= skb.end();
+            } else {
+                let _ = skb.pull(n);
+            }
+        }
+        s.rcvq_bytes -= copied;
+        if s.rcvq.is_empty() && !s.fin_received {
+            s.read_signalled = false;
+        }
+        // tcp_cleanup_rbuf: tell the peer when reading opened the window a lot.
+        self.tcp_cleanup_rbuf(id);
+        self.process_backlog();
+        Ok(copied)
+    }
+
+    /// Bytes ready to read.
+    pub fn tcp_rcvq_bytes(&self, id: SocketId) -> usize {
+        self.tcp_sock(id).map_or(0, |s| s.rcvq_bytes)
+    }
+
+    /// Bytes queued to send and not yet acknowledged.
+    pub fn tcp_sendq_bytes(&self, id: SocketId) -> usize {
+        self.tcp_sock(id).map_or(0, |s| s.wq_bytes)
+    }
+
+    /// `tcp_shutdown`.
+    pub fn tcp_shutdown(
+        &mut self,
+        now: Instant,
+        id: SocketId,
+        how: Shutdown,
+    ) -> Result<(), SendError> {
+        self.now = now;
+        let s = self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?;
+        if matches!(how, Shutdown::Read | Shutdown::Both) {
+            s.shut_rd = true;
+        }
+        if matches!(how, Shutdown::Write | Shutdown::Both) {
+            match s.state {
+                TcpState::Established | TcpState::CloseWait | TcpState::SynRecv => {
+                    self.tcp_send_fin(id);
+                }
+                TcpState::SynSent | TcpState::Listen | TcpState::Closed => {
+                    return Err(SendError::NotConnected);
+                }
+                _ => {}
+            }
+        }
+        self.process_backlog();
+        Ok(())
+    }
+
+    /// `tcp_close`: the application lets go of the socket. Unread data or SO_LINGER 0
+    /// reset the connection (RFC 2525 2.17, as Linux); otherwise a FIN follows the queued
+    /// data and the stack finishes the connection on its own.
+    pub fn tcp_close(&mut self, now: Instant, id: SocketId) {
+        self.now = now;
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        s.orphan = true;
+        match s.state {
+            TcpState::Listen => {
+                // Children not yet accepted are reset, as inet_csk_listen_stop does.
+                let children: Vec<usize> = s.accept_q.drain(..).collect();
+                for c in children {
+                    self.tcp_abort_inner(SocketId(c), true);
+                }
+                self.tcp_set_closed(id);
+            }
+            TcpState::Closed | TcpState::SynSent => self.tcp_set_closed(id),
+            _ => {
+                let unread = s.rcvq_bytes > 0 || !s.ooo.is_empty();
+                if unread || s.linger_zero {
+                    self.tcp_abort_inner(id, true);
+                } else if matches!(
+                    s.state,
+                    TcpState::Established | TcpState::CloseWait | TcpState::SynRecv
+                ) {
+                    self.tcp_send_fin(id);
+                }
+            }
+        }
+        self.tcp_reap(id);
+        self.process_backlog();
+    }
+
+    /// Reset the connection now (SO_LINGER 0 close, or `abort`).
+    pub fn tcp_abort(&mut self, now: Instant, id: SocketId) {
+        self.now = now;
+        self.tcp_abort_inner(id, true);
+        self.tcp_reap(id);
+        self.process_backlog();
+    }
+
+    fn tcp_abort_inner(&mut self, id: SocketId, send_rst: bool) {
+        let Some(s) = self.tcp_sock(id) else { return };
+        let synchronized = !matches!(
+            s.state,
+            TcpState::Closed | TcpState::Listen | TcpState::SynSent
+        );
+        if send_rst && synchronized {
+            self.tcp_send_active_reset(id);
+        }
+        self.tcp_set_closed(id);
+        if let Some(s) = self.tcp_sock_mut(id) {
+            s.orphan = true;
+        }
+        self.tcp_reap(id);
+    }
+
+    /// `tcp_done` / `tcp_set_state(TCP_CLOSE)`: unhash, drop queues and timers.
+    pub(crate) fn tcp_set_closed(&mut self, id: SocketId) {
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        let was_established = matches!(s.state, TcpState::Established | TcpState::CloseWait);
+        s.state = TcpState::Closed;
+        s.write_queue.clear();
+        s.wq_bytes = 0;
+        s.ooo.clear();
+        s.ooo_bytes = 0;
+        s.rto_timer = None;
+        s.delack_timer = None;
+        s.persist_timer = None;
+        s.tw_timer = None;
+        let key = (s.local, s.remote, s.hashed);
+        s.hashed = false;
+        if was_established {
+            self.snmp.tcp.curr_estab = self.snmp.tcp.curr_estab.saturating_sub(1);
+        }
+        if let (Some(l), Some(r), true) = key {
+            if self.tcp.ehash.get(&(l, r)) == Some(&id.0) {
+                self.tcp.ehash.remove(&(l, r));
+            }
+        }
+        self.tcp_wake(id, true, true);
+    }
+
+    /// Free an orphaned socket that has finished (`inet_csk_destroy_sock`).
+    pub(crate) fn tcp_reap(&mut self, id: SocketId) {
+        let Some(s) = self.tcp_sock(id) else { return };
+        if !(s.orphan && s.is_dead()) {
+            return;
+        }
+        let port = s.local.map(|l| l.port());
+        if let Some(p) = port {
+            if let Some(v) = self.tcp.bhash.get_mut(&p) {
+                v.retain(|&k| k != id.0);
+                if v.is_empty() {
+                    self.tcp.bhash.remove(&p);
+                }
+            }
+        }
+        self.socks.remove(id.0);
+    }
+
+    /// Tell the driver about readiness (`sk_data_ready` / `sk_write_space`).
+    pub(crate) fn tcp_wake(&mut self, id: SocketId, readable: bool, writable: bool) {
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        if s.orphan {
+            return;
+        }
+        let signal_read = readable && !s.read_signalled;
+        if signal_read {
+            s.read_signalled = true;
+        }
+        if writable {
+            s.want_write = false;
+        }
+        if signal_read {
+            self.events.push_back(Event::Readable(id));
+        }
+        if writable {
+            self.events.push_back(Event::Writable(id));
+        }
+    }
+
+    /// RFC 6528: ISN = M + F(4-tuple, secret), M a 4 µs clock.
+    fn tcp_isn(&self, local: SocketAddrV4, remote: SocketAddrV4) -> u32 {
+        let clock = (self.now.total_micros() / 4) as u32;
+        clock.wrapping_add(isn::secure_hash(self.tcp.isn_key, local, remote))
+    }
+}

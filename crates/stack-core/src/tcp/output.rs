@@ -1,0 +1,454 @@
+//! TCP egress (net/ipv4/tcp_output.c): the write queue, `tcp_write_xmit` under the
+//! congestion window, the peer's window and Nagle, and `tcp_transmit_skb`, which builds
+//! the header and options and hands the segment to `ip_queue_xmit`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::{seq_ge, seq_gt, seq_le, seq_lt, TcpState, TxSeg};
+use crate::ipv4::{IpParams, DEFAULT_TTL};
+use crate::stack::{SocketId, Stack};
+use crate::wire::ipv4::protocol;
+use crate::wire::tcp::{SackBlocks, TcpFlags, TcpRepr};
+
+/// What `tcp_transmit_skb` puts on the wire for one segment.
+struct Segment<'a> {
+    seq: u32,
+    flags: TcpFlags,
+    payload: &'a [u8],
+}
+
+impl Stack {
+    /// Queue a SYN or FIN (each takes one sequence number).
+    pub(crate) fn tcp_queue_control(&mut self, id: SocketId, syn: bool, fin: bool) {
+        let pool = self.pool.clone();
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        let seq = s.write_queue.back().map_or(s.snd_nxt, |t| t.end_seq);
+        // A FIN rides on the last unsent data segment when there is one (tcp_send_fin).
+        if fin {
+            if let Some(last) = s.write_queue.back_mut() {
+                if !last.fin && !last.syn && seq_ge(last.seq, s.snd_nxt) {
+                    last.fin = true;
+                    last.end_seq = last.end_seq.wrapping_add(1);
+                    return;
+                }
+            }
+        }
+        s.write_queue.push_back(TxSeg {
+            seq,
+            end_seq: seq.wrapping_add(1),
+            syn,
+            fin,
+            skb: pool.alloc(0),
+            sent: None,
+            retransmitted: false,
+            lost: false,
+        });
+    }
+
+    /// `tcp_sendmsg` proper: copy `data` into MSS-sized skbs at the tail of the write
+    /// queue, filling the last unsent one first.
+    pub(crate) fn tcp_append(&mut self, id: SocketId, mut data: &[u8]) {
+        let pool = self.pool.clone();
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        let mss = usize::from(s.mss);
+        s.wq_bytes += data.len();
+        if let Some(last) = s.write_queue.back_mut() {
+            if !last.fin && !last.syn && seq_ge(last.seq, s.snd_nxt) && last.skb.len() < mss {
+                let n = (mss - last.skb.len()).min(data.len());
+                if let Ok(buf) = last.skb.try_put(n) {
+                    buf.copy_from_slice(&data[..n]);
+                    last.end_seq = last.end_seq.wrapping_add(n as u32);
+                    data = &data[n..];
+                }
+            }
+        }
+        while !data.is_empty() {
+            let n = mss.min(data.len());
+            let seq = s.write_queue.back().map_or(s.snd_nxt, |t| t.end_seq);
+            let mut skb = pool.alloc(mss.max(n));
+            skb.put(n).copy_from_slice(&data[..n]);
+            s.write_queue.push_back(TxSeg {
+                seq,
+                end_seq: seq.wrapping_add(n as u32),
+                syn: false,
+                fin: false,
+                skb,
+                sent: None,
+                retransmitted: false,
+                lost: false,
+            });
+            data = &data[n..];
+        }
+    }
+
+    /// `tcp_send_fin`: queue a FIN after the data and move to the closing states.
+    pub(crate) fn tcp_send_fin(&mut self, id: SocketId) {
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        if s.fin_queued {
+            return;
+        }
+        s.fin_queued = true;
+        s.state = match s.state {
+            TcpState::CloseWait => TcpState::LastAck,
+            _ => TcpState::FinWait1,
+        };
+        self.tcp_queue_control(id, false, true);
+        self.tcp_write_xmit(id);
+    }
+
+    /// `tcp_write_xmit`: retransmit what is marked lost, then send new segments while
+    /// the congestion window, the peer's receive window and Nagle (RFC 896 / RFC 1122
+    /// 4.2.3.4) allow; arm the retransmission or persist timer.
+    pub(crate) fn tcp_write_xmit(&mut self, id: SocketId) {
+        let now = self.now;
+        loop {
+            let Some(s) = self.tcp_sock_mut(id) else {
+                return;
+            };
+            if matches!(
+                s.state,
+                TcpState::Closed | TcpState::Listen | TcpState::TimeWait
+            ) {
+                return;
+            }
+            let in_flight = s.in_flight();
+            if in_flight >= s.cwnd {
+                break;
+            }
+            // Lost segments first (tcp_xmit_retransmit_queue).
+            let lost = s
+                .write_queue
+                .iter()
+                .position(|t| t.lost && seq_lt(t.seq, s.snd_nxt));
+            let idx = match lost {
+                Some(i) => i,
+                None => {
+                    let Some(i) = s.write_queue.iter().position(|t| seq_ge(t.seq, s.snd_nxt))
+                    else {
+                        break;
+                    };
+                    let seg = &s.write_queue[i];
+                    // The peer's window (RFC 9293 3.8.6.2.1): a segment must fit, except
+                    // that the SYN is always sent.
+                    let wnd_end = s.snd_una.wrapping_add(s.snd_wnd);
+                    let fits = seg.syn
+                        || seq_le(seg.end_seq, wnd_end)
+                        || (seg.payload_len() == 0 && seg.fin);
+                    if !fits {
+                        if s.snd_una == s.snd_nxt && s.persist_timer.is_none() {
+                            // Nothing in flight to bring a window update: probe (3.8.6.1).
+                            s.persist_timer = Some(now + s.rto);
+                        }
+                        break;
+                    }
+                    // Nagle: hold a small segment while data is unacknowledged, unless
+                    // TCP_NODELAY or it carries the FIN.
+                    let small = seg.payload_len() < usize::from(s.mss);
+                    let is_last = i + 1 == s.write_queue.len();
+                    if small
+                        && is_last
+                        && !seg.fin
+                        && !seg.syn
+                        && !s.nodelay
+                        && s.snd_una != s.snd_nxt
+                    {
+                        break;
+                    }
+                    i
+                }
+            };
+            let seg = &mut s.write_queue[idx];
+            let retrans = seg.lost || seg.sent.is_some();
+            if retrans {
+                seg.retransmitted = true;
+                seg.sent = None;
+            } else {
+                seg.sent = Some(now);
+            }
+            seg.lost = false;
+            let end = seg.end_seq;
+            if seq_gt(end, s.snd_nxt) {
+                s.snd_nxt = end;
+            }
+            if s.rto_timer.is_none() {
+                s.rto_timer = Some(now + s.rto);
+            }
+            s.persist_timer = None;
+            if retrans {
+                self.snmp.tcp.retrans_segs += 1;
+            }
+            self.tcp_transmit_seg(id, idx);
+        }
+    }
+
+    /// `tcp_transmit_skb` for the write-queue segment at `idx`.
+    fn tcp_transmit_seg(&mut self, id: SocketId, idx: usize) {
+        let Some(s) = self.tcp_sock(id) else { return };
+        let seg = &s.write_queue[idx];
+        let mut flags = TcpFlags::ACK;
+        if seg.syn {
+            flags = if s.state == TcpState::SynSent {
+                TcpFlags::SYN
+            } else {
+                TcpFlags::SYN | TcpFlags::ACK
+            };
+        }
+        if seg.fin {
+            flags |= TcpFlags::FIN;
+        }
+        if !seg.skb.is_empty() && idx + 1 == s.write_queue.len() {
+            flags |= TcpFlags::PSH;
+        }
+        // The skb is cloned so the write queue keeps its copy for retransmission; the
+        // payload is copied behind fresh headers (see docs/architecture.md).
+        let skb = seg.skb.clone();
+        let seq = seg.seq;
+        self.tcp_transmit(
+            id,
+            Segment {
+                seq,
+                flags,
+                payload: skb.data(),
+            },
+        );
+    }
+
+    /// Build and send one segment: header, options, checksum (`tcp_transmit_skb`).
+    fn tcp_transmit(&mut self, id: SocketId, seg: Segment<'_>) {
+        let now = self.now;
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        let (Some(local), Some(remote)) = (s.local, s.remote) else {
+            return;
+        };
+        let syn = seg.flags.contains(TcpFlags::SYN);
+        let window = if syn {
+            // RFC 7323 2.2: the window in a SYN is never scaled.
+            s.rcv_wnd = Self::tcp_free_space(s).min(65535) as u32;
+            s.rcv_wnd.min(65535) as u16
+        } else {
+            let w = Self::tcp_select_window(s);
+            (w >> s.rcv_wscale).min(65535) as u16
+        };
+        let ack = if seg.flags.contains(TcpFlags::ACK) {
+            s.rcv_nxt
+        } else {
+            0
+        };
+        let mut repr = TcpRepr {
+            src_port: local.port(),
+            dst_port: remote.port(),
+            seq: seg.seq,
+            ack,
+            flags: seg.flags,
+            window,
+            ..Default::default()
+        };
+        let ts_val = (now.total_micros() / 1000) as u32;
+        if syn {
+            repr.mss = Some(s.mss);
+            repr.window_scale = Some(s.rcv_wscale);
+            repr.sack_permitted = true;
+            repr.timestamps = Some((
+                ts_val,
+                if s.state == TcpState::SynSent {
+                    0
+                } else {
+                    s.ts_recent
+                },
+            ));
+        } else {
+            if s.ts_ok {
+                repr.timestamps = Some((ts_val, s.ts_recent));
+            }
+            repr.sack_blocks = SackBlocks::default();
+        }
+        if seg.flags.contains(TcpFlags::ACK) {
+            // This segment carries the ACK: no delayed ACK is owed any more.
+            s.ack_pending = false;
+            s.delack_timer = None;
+            s.segs_unacked = 0;
+        }
+        self.tcp_output_segment(local, remote, &repr, seg.payload);
+    }
+
+    /// Put a header in front of `payload` and send it from `local` to `remote`.
+    fn tcp_output_segment(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        repr: &TcpRepr,
+        payload: &[u8],
+    ) {
+        let hlen = repr.header_len();
+        let mut skb = self.pool.alloc_tx(hlen + payload.len());
+        let buf = skb.put(hlen + payload.len());
+        buf[hlen..].copy_from_slice(payload);
+        repr.emit(buf, payload.len(), *local.ip(), *remote.ip());
+        skb.reset_transport_header();
+        self.snmp.tcp.out_segs += 1;
+        if repr.flags.contains(TcpFlags::RST) {
+            self.snmp.tcp.out_rsts += 1;
+        }
+        let rt = match self.ip_route_output(*remote.ip()) {
+            Ok(rt) => rt,
+            Err(_) => return,
+        };
+        let params = IpParams {
+            src: *local.ip(),
+            dst: *remote.ip(),
+            protocol: protocol::TCP,
+            tos: 0,
+            ttl: DEFAULT_TTL,
+            dont_frag: true,
+        };
+        let _ = self.ip_queue_xmit(skb, &rt, params);
+    }
+
+    /// `tcp_send_ack`: a bare ACK with the current window.
+    pub(crate) fn tcp_send_ack(&mut self, id: SocketId) {
+        let Some(s) = self.tcp_sock(id) else { return };
+        if matches!(
+            s.state,
+            TcpState::Closed | TcpState::Listen | TcpState::SynSent
+        ) {
+            return;
+        }
+        let seq = s.snd_nxt;
+        self.tcp_transmit(
+            id,
+            Segment {
+                seq,
+                flags: TcpFlags::ACK,
+                payload: &[],
+            },
+        );
+    }
+
+    /// A zero-window probe: an ACK one byte below `snd_una` that the peer must answer
+    /// with its current window (`tcp_xmit_probe_skb`).
+    pub(crate) fn tcp_send_probe(&mut self, id: SocketId) {
+        let Some(s) = self.tcp_sock(id) else { return };
+        let seq = s.snd_una.wrapping_sub(1);
+        self.tcp_transmit(
+            id,
+            Segment {
+                seq,
+                flags: TcpFlags::ACK,
+                payload: &[],
+            },
+        );
+    }
+
+    /// `tcp_send_active_reset`: abort with RST at `snd_nxt`.
+    pub(crate) fn tcp_send_active_reset(&mut self, id: SocketId) {
+        let Some(s) = self.tcp_sock(id) else { return };
+        let (Some(local), Some(remote)) = (s.local, s.remote) else {
+            return;
+        };
+        let repr = TcpRepr {
+            src_port: local.port(),
+            dst_port: remote.port(),
+            seq: s.snd_nxt,
+            ack: s.rcv_nxt,
+            flags: TcpFlags::RST | TcpFlags::ACK,
+            ..Default::default()
+        };
+        self.tcp_output_segment(local, remote, &repr, &[]);
+    }
+
+    /// `tcp_v4_send_reset`: answer a segment no connection wants (RFC 9293 3.10.7.1):
+    /// with its ACK number as our sequence if it had one, else with an ACK of it.
+    pub(crate) fn tcp_v4_send_reset(
+        &mut self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        seg: &TcpRepr,
+        seg_len: u32,
+    ) {
+        if seg.flags.contains(TcpFlags::RST)
+            || dst.is_broadcast()
+            || dst.is_multicast()
+            || self.fib.is_broadcast(dst)
+        {
+            return;
+        }
+        let local = SocketAddrV4::new(dst, seg.dst_port);
+        let remote = SocketAddrV4::new(src, seg.src_port);
+        let repr = if seg.flags.contains(TcpFlags::ACK) {
+            TcpRepr {
+                src_port: local.port(),
+                dst_port: remote.port(),
+                seq: seg.ack,
+                flags: TcpFlags::RST,
+                ..Default::default()
+            }
+        } else {
+            TcpRepr {
+                src_port: local.port(),
+                dst_port: remote.port(),
+                seq: 0,
+                ack: seg.seq.wrapping_add(seg_len),
+                flags: TcpFlags::RST | TcpFlags::ACK,
+                ..Default::default()
+            }
+        };
+        self.tcp_output_segment(local, remote, &repr, &[]);
+    }
+
+    /// Receive buffer space left, in payload bytes.
+    pub(crate) fn tcp_free_space(s: &super::TcpSock) -> usize {
+        s.rcvbuf.saturating_sub(s.rcvq_bytes + s.ooo_bytes)
+    }
+
+    /// `tcp_select_window`: the window to advertise. Never shrinks the right edge already
+    /// offered (RFC 9293 3.8.6.2.2) and avoids silly windows on the receive side (RFC 1122
+    /// 4.2.3.3: do not open by less than min(rcvbuf/2, MSS)).
+    pub(crate) fn tcp_select_window(s: &mut super::TcpSock) -> u32 {
+        let free = Self::tcp_free_space(s) as u32;
+        let max = 65535u32 << s.rcv_wscale;
+        let cur_right = s.rcv_wup.wrapping_add(s.rcv_wnd);
+        let cur = cur_right.wrapping_sub(s.rcv_nxt);
+        let cur = if seq_lt(cur_right, s.rcv_nxt) { 0 } else { cur };
+        let mut win = free.min(max);
+        let sws = (s.rcvbuf as u32 / 2).min(u32::from(s.mss));
+        if win < sws {
+            win = 0;
+        }
+        if win < cur {
+            win = cur;
+        }
+        // The scaled field loses the low bits: round down, so what we say we can take is
+        // never more than we can.
+        win &= !((1u32 << s.rcv_wscale) - 1);
+        s.rcv_wnd = win;
+        s.rcv_wup = s.rcv_nxt;
+        win
+    }
+
+    /// `tcp_cleanup_rbuf`: after the application read, send a window update if the window
+    /// can grow by at least twice the MSS or half the buffer (the receiver's SWS rule).
+    pub(crate) fn tcp_cleanup_rbuf(&mut self, id: SocketId) {
+        let Some(s) = self.tcp_sock(id) else { return };
+        if !matches!(
+            s.state,
+            TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2
+        ) {
+            return;
+        }
+        let advertised_right = s.rcv_wup.wrapping_add(s.rcv_wnd);
+        let left = advertised_right.wrapping_sub(s.rcv_nxt) as usize;
+        let free = Self::tcp_free_space(s);
+        let step = (2 * usize::from(s.mss)).min(s.rcvbuf / 2);
+        if free >= left + step {
+            self.tcp_send_ack(id);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! TCP timers (net/ipv4/tcp_timer.c): retransmission (RFC 6298 with Karn's backoff),
+//! delayed ACK, zero-window persist, and the TIME_WAIT / orphaned FIN_WAIT_2 end.
+
+use super::{TcpState, RETRIES2, SYN_RETRIES};
+use crate::ipv4::SendError;
+use crate::sock::Sock;
+use crate::stack::{SocketId, Stack};
+use crate::time::{Duration, Instant};
+
+/// RFC 6298 2.1: 1 s before any RTT sample.
+pub const INITIAL_RTO: Duration = Duration::from_secs(1);
+/// Linux's `TCP_RTO_MIN` (RFC 6298 says 1 s; every major stack uses less).
+pub const MIN_RTO: Duration = Duration::from_millis(200);
+/// `TCP_RTO_MAX`.
+pub const MAX_RTO: Duration = Duration::from_secs(120);
+/// `TCP_DELACK_MIN`.
+pub const DELACK: Duration = Duration::from_millis(40);
+
+impl Stack {
+    /// The earliest TCP timer of any socket.
+    pub(crate) fn tcp_poll_timeout(&self) -> Option<Instant> {
+        self.socks
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Sock::Tcp(t) => [t.rto_timer, t.delack_timer, t.persist_timer, t.tw_timer]
+                    .into_iter()
+                    .flatten()
+                    .min(),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Run every due TCP timer.
+    pub(crate) fn tcp_on_timer(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .socks
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Sock::Tcp(t) => [t.rto_timer, t.delack_timer, t.persist_timer, t.tw_timer]
+                    .into_iter()
+                    .flatten()
+                    .any(|d| d <= now)
+                    .then_some(k),
+                _ => None,
+            })
+            .collect();
+        for k in due {
+            let id = SocketId(k);
+            self.tcp_timers(id, now);
+            self.tcp_reap(id);
+        }
+    }
+
+    fn tcp_timers(&mut self, id: SocketId, now: Instant) {
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        if s.tw_timer.is_some_and(|t| t <= now) {
+            s.tw_timer = None;
+            // TIME_WAIT over, or an orphan waited too long in FIN_WAIT_2.
+            self.tcp_set_closed(id);
+            return;
+        }
+        let s = self.tcp_sock_mut(id).expect("exists");
+        if s.delack_timer.is_some_and(|t| t <= now) {
+            s.delack_timer = None;
+            if s.ack_pending {
+                self.tcp_send_ack(id);
+            }
+        }
+        let s = self.tcp_sock_mut(id).expect("exists");
+        if s.persist_timer.is_some_and(|t| t <= now) {
+            s.persist_timer = None;
+            self.tcp_probe_timer(id, now);
+        }
+        let s = self.tcp_sock_mut(id).expect("exists");
+        if s.rto_timer.is_some_and(|t| t <= now) {
+            s.rto_timer = None;
+            self.tcp_retransmit_timer(id, now);
+        }
+    }
+
+    /// `tcp_retransmit_timer`: RFC 6298 5.4-5.7 — resend the earliest unacknowledged
+    /// segment, double the RTO, collapse the window to one segment (RFC 5681 3.1); give
+    /// up with ETIMEDOUT after `tcp_retries2` (or `tcp_syn_retries` for a SYN).
+    fn tcp_retransmit_timer(&mut self, id: SocketId, now: Instant) {
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        if s.snd_una == s.snd_nxt {
+            return;
+        }
+        let limit = if matches!(s.state, TcpState::SynSent | TcpState::SynRecv) {
+            SYN_RETRIES
+        } else {
+            RETRIES2
+        };
+        if s.retransmits >= limit {
+            s.err = Some(SendError::TimedOut);
+            let synsent = s.state == TcpState::SynSent;
+            if synsent {
+                self.snmp.tcp.attempt_fails += 1;
+            }
+            self.tcp_abort_timeout(id);
+            return;
+        }
+        s.retransmits += 1;
+        s.backoff += 1;
+        s.rto = (s.rto * 2).min(MAX_RTO);
+        let ssthresh = s.cong_ssthresh();
+        s.ssthresh = ssthresh;
+        s.cwnd = 1;
+        s.cwnd_cnt = 0;
+        s.recovery = None;
+        s.dupacks = 0;
+        s.cong_on_timeout();
+        // tcp_enter_loss: everything in flight is presumed lost.
+        let nxt = s.snd_nxt;
+        for seg in s.write_queue.iter_mut() {
+            if super::seq_lt(seg.seq, nxt) {
+                seg.lost = true;
+            }
+        }
+        s.rto_timer = Some(now + s.rto);
+        self.snmp.tcp_ext.tcp_timeouts += 1;
+        self.tcp_write_xmit(id);
+    }
+
+    /// Give up on the connection after too many retransmissions.
+    fn tcp_abort_timeout(&mut self, id: SocketId) {
+        if let Some(Sock::Tcp(s)) = self.socks.get(id.0) {
+            if let Some(p) = s.parent {
+                if let Some(Sock::Tcp(l)) = self.socks.get_mut(p) {
+                    l.syn_q_len = l.syn_q_len.saturating_sub(1);
+                }
+                if let Some(Sock::Tcp(s)) = self.socks.get_mut(id.0) {
+                    s.orphan = true;
+                }
+            }
+        }
+        self.tcp_send_active_reset(id);
+        self.tcp_set_closed(id);
+    }
+
+    /// `tcp_probe_timer`: the peer's window is zero and nothing is in flight; probe it
+    /// with backoff (RFC 9293 3.8.6.1) so a lost window update cannot deadlock us.
+    fn tcp_probe_timer(&mut self, id: SocketId, now: Instant) {
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        if s.snd_wnd > 0 || s.write_queue.is_empty() {
+            s.probes = 0;
+            return;
+        }
+        s.probes += 1;
+        let backoff = s.rto * (1 << s.probes.min(10));
+        s.persist_timer = Some(now + backoff.min(MAX_RTO));
+        self.tcp_send_probe(id);
+    }
+}

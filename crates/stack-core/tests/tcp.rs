@@ -1,0 +1,276 @@
+//! TCP between two stacks on an in-memory link, in virtual time.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use stack_core::tcp::TcpState;
+use stack_core::{Duration, Instant, SendError, SocketId, Stack, StackConfig};
+
+const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+/// Two hosts joined by a wire that may drop frames: `drop(n)` decides for the n-th frame.
+struct Net {
+    a: Stack,
+    b: Stack,
+    now: Instant,
+    frames: u64,
+    drop: Box<dyn FnMut(u64) -> bool>,
+}
+
+impl Net {
+    fn new() -> Net {
+        let host = |ip| {
+            Stack::new(
+                StackConfig::new(StackConfig::default_mac(ip), ip, 24),
+                Instant::ZERO,
+                u64::from(u32::from(ip)),
+            )
+        };
+        Net {
+            a: host(A),
+            b: host(B),
+            now: Instant::ZERO,
+            frames: 0,
+            drop: Box::new(|_| false),
+        }
+    }
+
+    /// Deliver everything in flight, then run timers, until `until` or nothing is left.
+    fn run(&mut self, until: Instant) {
+        for _ in 0..10_000_000 {
+            let mut moved = false;
+            while let Some(f) = self.a.poll_transmit(self.now) {
+                self.frames += 1;
+                if !(self.drop)(self.frames) {
+                    self.b.netif_receive_skb(self.now, f);
+                }
+                moved = true;
+            }
+            while let Some(f) = self.b.poll_transmit(self.now) {
+                self.frames += 1;
+                if !(self.drop)(self.frames) {
+                    self.a.netif_receive_skb(self.now, f);
+                }
+                moved = true;
+            }
+            if moved {
+                continue;
+            }
+            let next = [self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    self.a.handle_timeout(self.now);
+                    self.b.handle_timeout(self.now);
+                }
+                _ => return,
+            }
+        }
+        panic!("the link never went quiet");
+    }
+
+    fn settle(&mut self) {
+        let until = self.now + Duration::from_millis(1);
+        self.run(until);
+    }
+}
+
+/// A listener on B:80 and a connected pair (client on A, accepted child on B).
+fn connected(net: &mut Net) -> (SocketId, SocketId) {
+    let l = net.b.tcp_socket();
+    net.b
+        .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
+        .unwrap();
+    net.b.tcp_listen(l, 16).unwrap();
+    let c = net.a.tcp_socket();
+    net.a
+        .tcp_connect(net.now, c, SocketAddrV4::new(B, 80))
+        .unwrap();
+    assert_eq!(net.a.tcp_state(c), Some(TcpState::SynSent));
+    net.settle();
+    assert_eq!(net.a.tcp_state(c), Some(TcpState::Established));
+    let (child, peer) = net
+        .b
+        .tcp_accept(l)
+        .unwrap()
+        .expect("a connection to accept");
+    assert_eq!(peer, net.a.tcp_local_addr(c).unwrap());
+    assert_eq!(net.b.tcp_state(child), Some(TcpState::Established));
+    (c, child)
+}
+
+/// Push `data` from `from` to `to` through the pair, reading as it arrives.
+fn transfer(net: &mut Net, a_sends: bool, src: SocketId, dst: SocketId, data: &[u8]) -> Vec<u8> {
+    let mut sent = 0;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = net.now + Duration::from_secs(600);
+    while got.len() < data.len() {
+        assert!(
+            net.now < deadline,
+            "transfer stalled at {} of {}",
+            got.len(),
+            data.len()
+        );
+        let (tx, rx) = if a_sends {
+            (&mut net.a, &mut net.b)
+        } else {
+            (&mut net.b, &mut net.a)
+        };
+        if sent < data.len() {
+            match tx.tcp_send(net.now, src, &data[sent..]) {
+                Ok(n) => sent += n,
+                Err(SendError::WouldBlock) => {}
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        loop {
+            match rx.tcp_recv(net.now, dst, &mut buf, false) {
+                Ok(0) => panic!("unexpected EOF"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(SendError::WouldBlock) => break,
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+        let step = net.now + Duration::from_millis(5);
+        net.run(step);
+        if net.now < step {
+            net.now = step;
+            net.a.handle_timeout(net.now);
+            net.b.handle_timeout(net.now);
+        }
+    }
+    got
+}
+
+fn pattern(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn handshake_transfer_both_ways_and_orderly_close() {
+    let mut net = Net::new();
+    let (c, s) = connected(&mut net);
+    let up = pattern(1 << 20, 7);
+    assert_eq!(transfer(&mut net, true, c, s, &up), up);
+    let down = pattern(300_000, 9);
+    assert_eq!(transfer(&mut net, false, s, c, &down), down);
+
+    // Client closes first: FIN_WAIT -> TIME_WAIT; server sees EOF, closes: LAST_ACK -> gone.
+    net.a.tcp_close(net.now, c);
+    net.settle();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        net.b.tcp_recv(net.now, s, &mut buf, false),
+        Ok(0),
+        "EOF after the FIN"
+    );
+    assert_eq!(net.b.tcp_state(s), Some(TcpState::CloseWait));
+    net.b.tcp_close(net.now, s);
+    net.settle();
+    assert_eq!(net.b.tcp_state(s), None, "closed and freed");
+    let snmp_a = net.a.snmp();
+    let snmp_b = net.b.snmp();
+    assert_eq!(
+        snmp_a.tcp.out_rsts + snmp_b.tcp.out_rsts,
+        0,
+        "ended with FIN, not RST"
+    );
+    assert_eq!(snmp_a.tcp.active_opens, 1);
+    assert_eq!(snmp_b.tcp.passive_opens, 1);
+    // TIME_WAIT lasts 60 s, then the client socket is freed too.
+    net.run(net.now + Duration::from_secs(61));
+    assert_eq!(net.a.socket_count(), 0);
+}
+
+#[test]
+fn connect_to_closed_port_is_refused() {
+    let mut net = Net::new();
+    let c = net.a.tcp_socket();
+    net.a
+        .tcp_connect(net.now, c, SocketAddrV4::new(B, 81))
+        .unwrap();
+    net.settle();
+    let mut buf = [0u8; 4];
+    assert_eq!(
+        net.a.tcp_recv(net.now, c, &mut buf, false),
+        Err(SendError::ConnectionRefused)
+    );
+    assert_eq!(net.b.snmp().tcp.out_rsts, 1);
+    assert_eq!(net.a.snmp().tcp.attempt_fails, 1);
+}
+
+#[test]
+fn peer_abort_is_a_reset() {
+    let mut net = Net::new();
+    let (c, s) = connected(&mut net);
+    net.a.tcp_send(net.now, c, b"unread by the server").unwrap();
+    net.settle();
+    // Closing with unread data sends RST (RFC 2525 2.17).
+    net.b.tcp_close(net.now, s);
+    net.settle();
+    assert_eq!(net.b.snmp().tcp.out_rsts, 1);
+    let mut buf = [0u8; 4];
+    assert_eq!(
+        net.a.tcp_recv(net.now, c, &mut buf, false),
+        Err(SendError::ConnectionReset)
+    );
+    assert_eq!(net.a.tcp_state(c), Some(TcpState::Closed));
+}
+
+#[test]
+fn recovers_from_loss_byte_identical() {
+    let mut net = Net::new();
+    let (c, s) = connected(&mut net);
+    // Drop 1 frame in 20, deterministically.
+    net.drop = Box::new(|n| n % 20 == 7);
+    let data = pattern(2 << 20, 3);
+    assert_eq!(transfer(&mut net, true, c, s, &data), data);
+    let a = net.a.snmp();
+    assert!(
+        a.tcp.retrans_segs > 0,
+        "losses were repaired by retransmission"
+    );
+}
+
+#[test]
+fn full_accept_queue_drops_syns_until_accept() {
+    let mut net = Net::new();
+    let l = net.b.tcp_socket();
+    net.b
+        .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
+        .unwrap();
+    net.b.tcp_listen(l, 1).unwrap();
+    let c1 = net.a.tcp_socket();
+    net.a
+        .tcp_connect(net.now, c1, SocketAddrV4::new(B, 80))
+        .unwrap();
+    net.settle();
+    let c2 = net.a.tcp_socket();
+    net.a
+        .tcp_connect(net.now, c2, SocketAddrV4::new(B, 80))
+        .unwrap();
+    net.settle();
+    assert_eq!(
+        net.a.tcp_state(c2),
+        Some(TcpState::SynSent),
+        "backlog 1 is full: SYN dropped"
+    );
+    assert_eq!(net.b.snmp().tcp_ext.listen_overflows, 1);
+    // Accepting makes room; the client's SYN retransmission then gets through.
+    let _first = net.b.tcp_accept(l).unwrap().unwrap();
+    net.run(net.now + Duration::from_secs(2));
+    assert_eq!(net.a.tcp_state(c2), Some(TcpState::Established));
+    assert!(net.b.tcp_accept(l).unwrap().is_some());
+}
