@@ -153,6 +153,22 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
         .collect()
 }
 
+/// SO_RCVBUFFORCE (root): a kernel socket that keeps everything a test sends it.
+fn force_rcvbuf(sock: &std::net::UdpSocket, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket fd and a pointer to an int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+}
+
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -387,6 +403,12 @@ fn slow_reader_overflows_into_rcvbuf_errors_and_recovers() {
             .expect("bind");
         let k = kernel_socket(0);
         let k_addr = v4(k.local_addr().unwrap());
+        // One datagram first, so the kernel has resolved our MAC before the flood (it
+        // would hold only ~160 datagrams in its ARP queue and drop the rest).
+        let mut buf = [0u8; 512];
+        k.send_to(b"prime", ours(5001)).unwrap();
+        let (n, _) = recv_within(&sock, &mut buf).await;
+        assert_eq!(&buf[..n], b"prime");
         let rss_before = resident_bytes();
 
         let flood = std::thread::spawn(move || {
@@ -418,7 +440,6 @@ fn slow_reader_overflows_into_rcvbuf_errors_and_recovers() {
 
         // Read everything queued: the channel, then what the core kept (the drain the
         // reader asks for at half). Not more: the rest was dropped.
-        let mut buf = [0u8; 512];
         let mut got = 0usize;
         while let Ok(r) = timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await {
             let (n, from) = r.expect("recv_from");
@@ -459,6 +480,7 @@ fn tiny_send_buffer_many_senders_all_complete() {
         let k = kernel_socket(0);
         let k_addr = v4(k.local_addr().unwrap());
         k.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        force_rcvbuf(&k, 32 << 20);
         let counter = std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             let mut n = 0u64;
@@ -523,14 +545,14 @@ fn tiny_send_buffer_many_senders_all_complete() {
         );
         assert_eq!(udp.out_datagrams, (TASKS + 1) * EACH);
         assert_eq!(udp.sndbuf_errors, 0, "blocked sends wait, they do not fail");
+        // Every datagram reached the wire (what the kernel then keeps depends on how
+        // busy this machine is; with the big buffer it is normally all of them).
+        assert!(io.tx_packets >= (TASKS + 1) * EACH, "{io}");
+        assert_eq!(io.tx_errors, 0, "{io}");
+        assert!(received > 0);
         assert!(
             rss_after < rss_before + (16 << 20),
             "memory grew from {rss_before} to {rss_after} bytes"
-        );
-        // The send buffer paced us to the device: the kernel got (nearly) all of them.
-        assert!(
-            received * 100 >= (TASKS + 1) * EACH * 95,
-            "kernel received {received}"
         );
     });
 }
