@@ -28,11 +28,6 @@ const WAIT: Duration = Duration::from_secs(5);
 const KERNEL_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
-/// Flip once stack-core reassembles and fragments IPv4 (`ip_defrag` called from
-/// `ip_local_deliver`, `ip_fragment` from `ip_finish_output`): then datagrams over 1472
-/// bytes round-trip and `large_datagrams_are_fragmented_and_reassembled` checks it.
-const IP_FRAGMENTATION: bool = false;
-
 fn config() -> StackConfig {
     StackConfig::new(MacAddr([0x02, 0, 0, 0, 0, 0x02]), OUR_IP, 24)
 }
@@ -712,15 +707,11 @@ fn poll_api_drives_a_hand_written_future() {
     });
 }
 
+/// Over 1472 bytes a datagram no longer fits one frame: ip_fragment on the way out,
+/// ip_defrag on the way in, on both sides.
 #[test]
 #[ignore = "needs root and a network namespace: run with cargo xtask test"]
 fn large_datagrams_are_fragmented_and_reassembled() {
-    if !IP_FRAGMENTATION {
-        println!(
-            "skipped: IP_FRAGMENTATION is off until stack-core wires in ip_defrag/ip_fragment"
-        );
-        return;
-    }
     run(|handle| async move {
         let echo = KernelEcho::new(7001);
         let sock = UdpSocket::bind(&handle, any(0)).await.expect("bind");
