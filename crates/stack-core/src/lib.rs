@@ -8,12 +8,14 @@
 pub mod arp;
 pub mod dev;
 pub mod icmp;
+pub mod impair;
 pub mod ipv4;
 pub mod neigh;
 pub mod netfilter;
 pub mod ping;
 pub mod qdisc;
 pub mod rand;
+pub mod sim;
 pub mod skb;
 pub mod snmp;
 mod sock;

@@ -124,6 +124,9 @@ mib! {
         tcp_timeouts => "TCPTimeouts",
         tcp_reno_recovery => "TCPRenoRecovery",
         tcp_rcvq_drop => "TCPRcvQDrop",
+        syncookies_sent => "SyncookiesSent",
+        syncookies_recv => "SyncookiesRecv",
+        syncookies_failed => "SyncookiesFailed",
     }
 }
 

@@ -274,3 +274,213 @@ fn full_accept_queue_drops_syns_until_accept() {
     assert_eq!(net.a.tcp_state(c2), Some(TcpState::Established));
     assert!(net.b.tcp_accept(l).unwrap().is_some());
 }
+
+mod hostile {
+    use super::*;
+    use stack_core::skb::Skb;
+    use stack_core::wire::ethernet::{ethertype, EthernetFrame, EthernetRepr};
+    use stack_core::wire::ipv4::{protocol, Ipv4Options, Ipv4Packet, Ipv4Repr};
+    use stack_core::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
+    use stack_core::wire::MacAddr;
+
+    /// An Ethernet frame carrying a TCP segment from `src` to `dst` (B's MAC).
+    fn segment(src: SocketAddrV4, dst: SocketAddrV4, repr: &TcpRepr, payload: &[u8]) -> Skb {
+        let tcp_len = repr.header_len() + payload.len();
+        let ip = Ipv4Repr {
+            src: *src.ip(),
+            dst: *dst.ip(),
+            protocol: protocol::TCP,
+            ttl: 64,
+            tos: 0,
+            ident: 1,
+            dont_frag: true,
+            more_frags: false,
+            frag_offset: 0,
+            payload_len: tcp_len,
+            options: Ipv4Options::default(),
+        };
+        let eth = EthernetRepr {
+            dst: StackConfig::default_mac(*dst.ip()),
+            src: MacAddr([2, 0xee, 0, 0, 0, 1]),
+            vlan: None,
+            ethertype: ethertype::IPV4,
+        };
+        let mut buf = vec![0u8; 14 + 20 + tcp_len];
+        eth.emit(&mut buf);
+        ip.emit(&mut buf[14..]);
+        buf[34 + repr.header_len()..].copy_from_slice(payload);
+        repr.emit(&mut buf[34..], payload.len(), *src.ip(), *dst.ip());
+        Skb::from_vec(buf)
+    }
+
+    /// (seq, ack) of the last TCP segment B sent to A, read off the wire.
+    fn last_b_segment(net: &mut Net) -> Option<TcpRepr> {
+        let mut last = None;
+        while let Some(f) = net.b.poll_transmit(net.now) {
+            let e = EthernetFrame::new_checked(f.data()).ok()?;
+            if EthernetRepr::parse(&e).ok()?.ethertype == ethertype::IPV4 {
+                let ip = Ipv4Packet::new_checked(e.payload()).ok()?;
+                if ip.protocol() == protocol::TCP {
+                    let t = TcpPacket::new_checked(ip.payload()).ok()?;
+                    last = Some(TcpRepr::parse(&t).ok()?);
+                }
+            }
+            net.a.netif_receive_skb(net.now, f);
+        }
+        last
+    }
+
+    #[test]
+    fn rfc5961_rst_and_syn_rules() {
+        let mut net = Net::new();
+        let (c, s) = connected(&mut net);
+        let ca = net.a.tcp_local_addr(c).unwrap();
+        let sa = net.b.tcp_local_addr(s).unwrap();
+        // Learn B's rcv_nxt from its next ACK.
+        net.a.tcp_send(net.now, c, b"hello").unwrap();
+        while let Some(f) = net.a.poll_transmit(net.now) {
+            net.b.netif_receive_skb(net.now, f);
+        }
+        net.run(net.now + Duration::from_millis(100));
+        net.a.tcp_send(net.now, c, b"x").unwrap();
+        while let Some(f) = net.a.poll_transmit(net.now) {
+            net.b.netif_receive_skb(net.now, f);
+        }
+        net.b.handle_timeout(net.now + Duration::from_millis(50));
+        let ack = last_b_segment(&mut net).expect("B acknowledged").ack;
+        let challenge_before = net.b.snmp().tcp_ext.tcp_challenge_ack;
+
+        // In-window RST, not exactly at rcv_nxt: challenge ACK, no reset.
+        let rst = |seq| TcpRepr {
+            src_port: ca.port(),
+            dst_port: sa.port(),
+            seq,
+            flags: TcpFlags::RST,
+            ..Default::default()
+        };
+        net.b
+            .netif_receive_skb(net.now, segment(ca, sa, &rst(ack.wrapping_add(100)), b""));
+        assert_eq!(net.b.tcp_state(s), Some(TcpState::Established));
+        let ch = last_b_segment(&mut net).expect("a challenge ACK");
+        assert!(ch.flags.contains(TcpFlags::ACK) && !ch.flags.contains(TcpFlags::RST));
+        assert_eq!(ch.ack, ack, "the challenge ACK carries rcv_nxt");
+        // Out of window: ignored silently.
+        net.b.netif_receive_skb(
+            net.now,
+            segment(ca, sa, &rst(ack.wrapping_add(1 << 30)), b""),
+        );
+        assert_eq!(net.b.tcp_state(s), Some(TcpState::Established));
+        // SYN on an established connection: challenge ACK, connection kept.
+        let syn = TcpRepr {
+            src_port: ca.port(),
+            dst_port: sa.port(),
+            seq: ack.wrapping_add(5),
+            flags: TcpFlags::SYN,
+            window: 1000,
+            ..Default::default()
+        };
+        net.b.netif_receive_skb(net.now, segment(ca, sa, &syn, b""));
+        assert_eq!(net.b.tcp_state(s), Some(TcpState::Established));
+        assert_eq!(net.b.snmp().tcp_ext.tcp_challenge_ack, challenge_before + 2);
+        // Exactly at rcv_nxt: the connection is reset.
+        net.b
+            .netif_receive_skb(net.now, segment(ca, sa, &rst(ack), b""));
+        assert_eq!(net.b.tcp_state(s), Some(TcpState::Closed));
+        assert_eq!(net.b.snmp().tcp.estab_resets, 1);
+    }
+
+    #[test]
+    fn impossible_flag_combinations_are_dropped() {
+        let mut net = Net::new();
+        let l = net.b.tcp_socket();
+        net.b
+            .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
+            .unwrap();
+        net.b.tcp_listen(l, 16).unwrap();
+        while net.b.poll_transmit(net.now).is_some() {} // the gratuitous ARP
+        let src = SocketAddrV4::new(A, 4000);
+        let dst = SocketAddrV4::new(B, 80);
+        let flags = [
+            TcpFlags::SYN | TcpFlags::FIN,
+            TcpFlags(0),
+            TcpFlags::FIN | TcpFlags::PSH | TcpFlags::URG,
+            TcpFlags::SYN | TcpFlags::RST,
+        ];
+        for f in flags {
+            let r = TcpRepr {
+                src_port: src.port(),
+                dst_port: dst.port(),
+                seq: 1,
+                flags: f,
+                window: 100,
+                ..Default::default()
+            };
+            net.b.netif_receive_skb(net.now, segment(src, dst, &r, b""));
+        }
+        assert!(net.b.poll_transmit(net.now).is_none(), "no answer to scans");
+        assert_eq!(net.b.snmp().tcp.in_errs, 4);
+        assert_eq!(net.b.socket_count(), 1, "no child created");
+    }
+
+    #[test]
+    fn syn_flood_does_not_stop_a_real_client() {
+        let mut net = Net::new();
+        let l = net.b.tcp_socket();
+        net.b
+            .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
+            .unwrap();
+        net.b.tcp_listen(l, 128).unwrap();
+        let dst = SocketAddrV4::new(B, 80);
+        // 5000 spoofed SYNs from an address that never answers.
+        for i in 0..5000u32 {
+            let src = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 66), 1024 + (i % 60000) as u16);
+            let r = TcpRepr {
+                src_port: src.port(),
+                dst_port: 80,
+                seq: i.wrapping_mul(7919),
+                flags: TcpFlags::SYN,
+                window: 65535,
+                mss: Some(1460),
+                timestamps: Some((i, 0)),
+                window_scale: Some(7),
+                sack_permitted: true,
+                ..Default::default()
+            };
+            net.b.netif_receive_skb(net.now, segment(src, dst, &r, b""));
+            while net.b.poll_transmit(net.now).is_some() {}
+        }
+        let snmp = net.b.snmp();
+        assert!(
+            snmp.tcp_ext.syncookies_sent >= 5000 - 256,
+            "{:?}",
+            snmp.tcp_ext
+        );
+        assert!(
+            net.b.socket_count() <= 1 + 256,
+            "state bounded by the SYN queue"
+        );
+        // A real client connects through the cookie path and moves data.
+        let c = net.a.tcp_socket();
+        net.a.tcp_connect(net.now, c, dst).unwrap();
+        net.settle();
+        assert_eq!(net.a.tcp_state(c), Some(TcpState::Established));
+        let (child, _) = net.b.tcp_accept(l).unwrap().expect("accepted via cookie");
+        assert_eq!(net.b.snmp().tcp_ext.syncookies_recv, 1);
+        let data = pattern(200_000, 5);
+        assert_eq!(transfer(&mut net, true, c, child, &data), data);
+        // A forged ACK with a wrong cookie is refused with RST.
+        let src = SocketAddrV4::new(A, 5555);
+        let forged = TcpRepr {
+            src_port: src.port(),
+            dst_port: 80,
+            seq: 1000,
+            ack: 0x1234_5678,
+            flags: TcpFlags::ACK,
+            window: 100,
+            ..Default::default()
+        };
+        net.b
+            .netif_receive_skb(net.now, segment(src, dst, &forged, b""));
+        assert!(net.b.snmp().tcp_ext.syncookies_failed >= 1);
+    }
+}

@@ -7,7 +7,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::{seq_ge, seq_gt, seq_le, seq_lt, TcpSock, TcpState, MAX_SYN_BACKLOG};
+use super::{seq_ge, seq_gt, seq_le, seq_lt, syncookies, TcpSock, TcpState, MAX_SYN_BACKLOG};
 use crate::skb::Skb;
 use crate::sock::Sock;
 use crate::stack::{SocketId, Stack};
@@ -85,7 +85,7 @@ impl Stack {
             return;
         }
         if let Some(l) = self.tcp_lookup_listener(dst, repr.dst_port) {
-            self.tcp_listen_rcv(l, src, dst, &repr, skb.len());
+            self.tcp_listen_rcv(l, src, dst, &repr, skb);
             return;
         }
         let seg_len = skb.len() as u32
@@ -124,14 +124,17 @@ impl Stack {
         src: Ipv4Addr,
         dst: Ipv4Addr,
         seg: &TcpRepr,
-        len: usize,
+        skb: Skb,
     ) {
         let f = seg.flags;
         if f.contains(TcpFlags::RST) {
             return;
         }
         if f.contains(TcpFlags::ACK) {
-            self.tcp_v4_send_reset(src, dst, seg, len as u32);
+            if !f.contains(TcpFlags::SYN) && self.tcp_cookie_accept(l, src, dst, seg, skb) {
+                return;
+            }
+            self.tcp_v4_send_reset(src, dst, seg, 0);
             return;
         }
         if !f.contains(TcpFlags::SYN) {
@@ -148,10 +151,6 @@ impl Stack {
             self.snmp.tcp_ext.listen_drops += 1;
             return;
         }
-        if syn_q >= MAX_SYN_BACKLOG.max(backlog) {
-            self.snmp.tcp_ext.listen_drops += 1;
-            return;
-        }
         let now = self.now;
         let local = SocketAddrV4::new(dst, seg.dst_port);
         let remote = SocketAddrV4::new(src, seg.src_port);
@@ -159,6 +158,12 @@ impl Stack {
             Ok(rt) => rt,
             Err(_) => return,
         };
+        if syn_q >= MAX_SYN_BACKLOG.max(backlog) {
+            // SYN queue full (a flood, or a burst): answer statelessly with a cookie
+            // (tcp_syncookies=1: only on overflow, as Linux).
+            self.tcp_send_synack_cookie(local, remote, seg, rt.mtu);
+            return;
+        }
         let iss = self.tcp_isn(local, remote);
         let (nodelay, rcvbuf, sndbuf, cc) = {
             let p = self.tcp_sock(l).expect("listener");
@@ -762,7 +767,8 @@ impl Stack {
             self.tcp_set_closed(id);
             self.tcp_reap(id);
             if let Some(l) = self.tcp_lookup_listener(*local.ip(), local.port()) {
-                self.tcp_listen_rcv(l, *remote.ip(), *local.ip(), seg, len);
+                let pool = self.pool.clone();
+                self.tcp_listen_rcv(l, *remote.ip(), *local.ip(), seg, pool.alloc(0));
             }
             return;
         }
@@ -809,5 +815,126 @@ impl TcpSock {
         let srtt = self.srtt_us.unwrap_or(r);
         let rto = Duration::from_micros(srtt + (4 * self.rttvar_us).max(1000));
         self.rto = rto.clamp(super::timer::MIN_RTO, super::timer::MAX_RTO);
+    }
+}
+
+impl Stack {
+    /// A SYN-ACK whose ISN is a SYN cookie; nothing is remembered.
+    fn tcp_send_synack_cookie(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        seg: &TcpRepr,
+        mtu: usize,
+    ) {
+        let our_mss = mtu.saturating_sub(40).min(65535) as u16;
+        let want = seg.mss.unwrap_or(super::DEFAULT_MSS).min(our_mss);
+        let (cookie, mss) = self.cookie_v4_init_sequence(local, remote, seg.seq, want);
+        let rcv_wscale = TcpSock::choose_rcv_wscale(super::DEFAULT_RCVBUF);
+        let ts_now = (self.now.total_micros() / 1000) as u32;
+        let mut repr = TcpRepr {
+            src_port: local.port(),
+            dst_port: remote.port(),
+            seq: cookie,
+            ack: seg.seq.wrapping_add(1),
+            flags: TcpFlags::SYN | TcpFlags::ACK,
+            window: 65535,
+            mss: Some(mss),
+            ..Default::default()
+        };
+        // Window scaling and SACK can only be remembered through the timestamp, so they
+        // are offered only when the client uses timestamps (as Linux).
+        if let Some((tsval, _)) = seg.timestamps {
+            let opts = syncookies::CookieOpts {
+                wscale: seg.window_scale,
+                sack: seg.sack_permitted,
+            };
+            repr.timestamps = Some((syncookies::cookie_init_timestamp(ts_now, opts), tsval));
+            if seg.window_scale.is_some() {
+                repr.window_scale = Some(rcv_wscale);
+            }
+            repr.sack_permitted = seg.sack_permitted;
+        }
+        self.snmp.tcp_ext.syncookies_sent += 1;
+        self.tcp_output_segment(local, remote, &repr, &[]);
+    }
+
+    /// `cookie_v4_check` + `tcp_get_cookie_sock`: an ACK for a listener with no child
+    /// may complete a cookie handshake. Returns whether the segment was consumed.
+    fn tcp_cookie_accept(
+        &mut self,
+        l: SocketId,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        seg: &TcpRepr,
+        skb: Skb,
+    ) -> bool {
+        let local = SocketAddrV4::new(dst, seg.dst_port);
+        let remote = SocketAddrV4::new(src, seg.src_port);
+        let client_isn = seg.seq.wrapping_sub(1);
+        let cookie = seg.ack.wrapping_sub(1);
+        let Some(mss) = self.cookie_v4_check(local, remote, client_isn, cookie) else {
+            if self.snmp.tcp_ext.syncookies_sent > 0 {
+                self.snmp.tcp_ext.syncookies_failed += 1;
+            }
+            return false;
+        };
+        self.snmp.tcp_ext.syncookies_recv += 1;
+        let (backlog, accepted, nodelay, rcvbuf, sndbuf, cc) = {
+            let p = self.tcp_sock(l).expect("listener");
+            (
+                p.backlog,
+                p.accept_q.len(),
+                p.nodelay,
+                p.rcvbuf,
+                p.sndbuf,
+                p.cc,
+            )
+        };
+        if accepted >= backlog {
+            self.snmp.tcp_ext.listen_overflows += 1;
+            self.snmp.tcp_ext.listen_drops += 1;
+            return true;
+        }
+        let mut c = TcpSock::new(self.now);
+        c.state = TcpState::SynRecv;
+        c.local = Some(local);
+        c.remote = Some(remote);
+        c.parent = Some(l.0);
+        c.nodelay = nodelay;
+        c.rcvbuf = rcvbuf;
+        c.sndbuf = sndbuf;
+        c.cc = cc;
+        c.iss = cookie;
+        c.snd_una = cookie;
+        c.snd_nxt = cookie.wrapping_add(1);
+        c.irs = client_isn;
+        c.rcv_nxt = seg.seq;
+        c.rcv_wup = seg.seq;
+        c.mss = mss;
+        if let Some((tsval, tsecr)) = seg.timestamps {
+            if let Some(opts) = syncookies::cookie_decode_timestamp(tsecr) {
+                c.ts_ok = true;
+                c.ts_recent = tsval;
+                c.mss = c.mss.saturating_sub(12);
+                c.sack_ok = opts.sack;
+                if let Some(ws) = opts.wscale {
+                    c.wscale_ok = true;
+                    c.snd_wscale = ws.min(14);
+                    c.rcv_wscale = TcpSock::choose_rcv_wscale(super::DEFAULT_RCVBUF);
+                }
+            }
+        }
+        // The SYN-ACK advertised 65535 unscaled; that is the edge we offered.
+        c.rcv_wnd = 65535;
+        c.snd_wl1 = client_isn;
+        c.hashed = true;
+        let id = SocketId(self.socks.insert(Sock::Tcp(Box::new(c))));
+        self.tcp.ehash.insert((local, remote), id.0);
+        self.tcp_sock_mut(l).expect("listener").syn_q_len += 1;
+        self.snmp.tcp.passive_opens += 1;
+        // The ACK completes the handshake (and may carry data): process it as SYN_RECV.
+        self.tcp_rcv_state_process(id, seg, skb);
+        true
     }
 }

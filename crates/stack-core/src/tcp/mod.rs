@@ -10,6 +10,7 @@ mod cong;
 mod input;
 mod isn;
 mod output;
+mod syncookies;
 mod timer;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -280,7 +280,7 @@ impl Stack {
     }
 
     /// Put a header in front of `payload` and send it from `local` to `remote`.
-    fn tcp_output_segment(
+    pub(crate) fn tcp_output_segment(
         &mut self,
         local: SocketAddrV4,
         remote: SocketAddrV4,

@@ -1,0 +1,319 @@
+//! Two stacks on a simulated Ethernet link in virtual time: quinn's `Pair` test pattern.
+//!
+//! ```text
+//!   a.poll_transmit ──► link.a_to_b (Impairment) ──► b.netif_receive_skb
+//!   a.netif_receive_skb ◄── link.b_to_a (Impairment) ◄── b.poll_transmit
+//!   a/b.poll_timeout ──► handle_timeout
+//! ```
+//!
+//! [`Pair::step`] does everything due at `now`, then moves `now` to the next event: a
+//! frame due out of the link or a stack timer. Nothing sleeps, so a minute of protocol
+//! time costs only the events in it, and a run replays exactly: the stacks and the link
+//! draw randomness only from fixed seeds.
+//!
+//! The link is a wire with a bottleneck queue, not the sender's qdisc: a frame taken off
+//! a TX ring leaves its socket's send-buffer accounting at once (`skb_orphan`, as at TX
+//! completion), so a delay on the link does not hold the sender's `sk_wmem_alloc`. With a
+//! `rate`, the link queue is the bottleneck router's drop-tail buffer of `limit` frames.
+
+use std::net::Ipv4Addr;
+
+use crate::impair::{ImpairConfig, Impairment};
+use crate::skb::Skb;
+use crate::stack::{Stack, StackConfig};
+use crate::time::{Duration, Instant};
+
+/// Address of [`Pair::a`].
+pub const A_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// Address of [`Pair::b`].
+pub const B_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// Seeds of the two stacks of [`Pair::new`].
+pub const A_SEED: u64 = 0xa11ce;
+pub const B_SEED: u64 = 0xb0b;
+
+/// Rounds of "transmit, deliver, run timers" one [`Pair::step`] does at one instant
+/// before it returns to its caller. Each round moves every frame that is ready, so a
+/// round is one exchange of flights; a clean zero-delay link can carry a whole transfer
+/// at one instant, and this only bounds how long one call runs.
+pub const MAX_ROUNDS_PER_STEP: usize = 10_000;
+
+/// Consecutive capped steps at one instant after which the run loops give up: ten
+/// million rounds without time moving is two stacks answering each other forever.
+const LIVELOCK_STEPS: usize = 1_000;
+
+/// Salt for the b->a direction's seed, so two configs with the same seed (the default
+/// 0) still impair the two directions independently: with one shared stream, a lost
+/// request would always mean a lost reply.
+const B_TO_A_SALT: u64 = 0x5eed_b2a0_5eed_b2a0;
+
+/// The medium between two stacks: one impairment per direction. A default
+/// [`ImpairConfig`] is a clean wire with no delay.
+#[derive(Debug)]
+pub struct Link {
+    pub a_to_b: Impairment,
+    pub b_to_a: Impairment,
+}
+
+impl Link {
+    /// A link impaired per direction. The b->a seed is xored with a salt (see
+    /// `B_TO_A_SALT`), visible in `b_to_a.config().seed`.
+    pub fn new(a_to_b: ImpairConfig, b_to_a: ImpairConfig) -> Link {
+        let b_to_a = ImpairConfig {
+            seed: b_to_a.seed ^ B_TO_A_SALT,
+            ..b_to_a
+        };
+        Link {
+            a_to_b: Impairment::new(a_to_b),
+            b_to_a: Impairment::new(b_to_a),
+        }
+    }
+
+    /// A clean link both ways.
+    pub fn clean() -> Link {
+        Link::new(ImpairConfig::default(), ImpairConfig::default())
+    }
+
+    /// Frames on the wire, both directions.
+    pub fn in_flight(&self) -> usize {
+        self.a_to_b.queued() + self.b_to_a.queued()
+    }
+
+    /// When the next frame comes out of either direction.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.a_to_b.poll_timeout(), self.b_to_a.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// What one step did, for the run loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    /// Nothing pending anywhere.
+    Idle,
+    /// `now` moved to the next event, at or before the limit.
+    Advanced,
+    /// The next event is after the limit; `now` is at the limit.
+    Limited,
+    /// Still work at `now` after [`MAX_ROUNDS_PER_STEP`] rounds.
+    Busy,
+}
+
+/// Two hosts joined by a [`Link`], driven in virtual time.
+#[derive(Debug)]
+pub struct Pair {
+    pub a: Stack,
+    pub b: Stack,
+    pub link: Link,
+    /// Virtual time; only the run methods move it, never backwards.
+    pub now: Instant,
+}
+
+impl Pair {
+    /// Two hosts 192.0.2.1/24 ([`Pair::a`]) and 192.0.2.2/24 ([`Pair::b`]), MACs from
+    /// [`StackConfig::default_mac`], fixed seeds, starting at time zero, the link
+    /// impaired per direction.
+    pub fn new(a_to_b: ImpairConfig, b_to_a: ImpairConfig) -> Pair {
+        let host = |addr, seed| {
+            Stack::new(
+                StackConfig::new(StackConfig::default_mac(addr), addr, 24),
+                Instant::ZERO,
+                seed,
+            )
+        };
+        Pair::from_parts(
+            host(A_ADDR, A_SEED),
+            host(B_ADDR, B_SEED),
+            Link::new(a_to_b, b_to_a),
+            Instant::ZERO,
+        )
+    }
+
+    /// Any two stacks (other addresses, MTUs, seeds) on any link, starting at `now`.
+    pub fn from_parts(a: Stack, b: Stack, link: Link, now: Instant) -> Pair {
+        Pair { a, b, link, now }
+    }
+
+    /// Frames waiting anywhere: on either TX queue or on the wire.
+    pub fn in_flight(&self) -> usize {
+        self.a.tx_pending() + self.b.tx_pending() + self.link.in_flight()
+    }
+
+    /// Move every frame each side has to send into the link, deliver what is due, run
+    /// due timers; advance `now` to the next event (frame due or stack timeout) but never
+    /// past `limit`, and run that event too, so the stacks are seen as they are at `now`.
+    /// Returns false when nothing is pending anywhere (idle).
+    ///
+    /// A stack's timers count as pending: a stack with neighbour entries always has a
+    /// garbage-collection timer, so it is idle only once they are collected. To wait for
+    /// the wire to empty instead, use `run_until(deadline, |p| p.in_flight() == 0)`.
+    pub fn step(&mut self, limit: Instant) -> bool {
+        self.step_inner(limit) != Progress::Idle
+    }
+
+    /// Step until idle or until `deadline` (virtual), returning whether it went idle.
+    ///
+    /// # Panics
+    /// If the stacks keep exchanging frames without time moving (a livelock).
+    pub fn run_until_idle(&mut self, deadline: Instant) -> bool {
+        let mut busy = 0;
+        loop {
+            match self.step_inner(deadline) {
+                Progress::Idle => return true,
+                Progress::Limited => return false,
+                Progress::Advanced => busy = 0,
+                Progress::Busy => self.check_livelock(&mut busy),
+            }
+        }
+    }
+
+    /// Step until `cond(self)` is true or `deadline` passes; returns whether `cond` held.
+    /// `cond` is checked before the first step and after every instant's events. When it
+    /// does not hold, `now` ends at `deadline` (quiet time passes too).
+    ///
+    /// # Panics
+    /// If the stacks keep exchanging frames without time moving (a livelock).
+    pub fn run_until(
+        &mut self,
+        deadline: Instant,
+        mut cond: impl FnMut(&mut Pair) -> bool,
+    ) -> bool {
+        let mut busy = 0;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            match self.step_inner(deadline) {
+                Progress::Limited => return cond(self),
+                Progress::Idle => {
+                    self.now = self.now.max(deadline);
+                    return cond(self);
+                }
+                Progress::Advanced => busy = 0,
+                Progress::Busy => self.check_livelock(&mut busy),
+            }
+        }
+    }
+
+    /// Jump `d` ahead, running everything due on the way (and at the end).
+    ///
+    /// # Panics
+    /// If the stacks keep exchanging frames without time moving (a livelock).
+    pub fn advance(&mut self, d: Duration) {
+        let target = self.now + d;
+        let mut busy = 0;
+        loop {
+            match self.step_inner(target) {
+                Progress::Idle | Progress::Limited => break,
+                Progress::Advanced => busy = 0,
+                Progress::Busy => self.check_livelock(&mut busy),
+            }
+        }
+        self.now = self.now.max(target);
+    }
+
+    fn check_livelock(&self, busy: &mut usize) {
+        *busy += 1;
+        assert!(
+            *busy < LIVELOCK_STEPS,
+            "sim: still busy at {:?} after {} rounds without time moving: \
+             the stacks are answering each other forever",
+            self.now,
+            LIVELOCK_STEPS * MAX_ROUNDS_PER_STEP
+        );
+    }
+
+    /// Settle `now`, move to the next event (within `limit`) and settle that. Between
+    /// steps the pair is always settled: nothing is due at or before `now`, so what a
+    /// caller sees after a step is the state at `now`.
+    fn step_inner(&mut self, limit: Instant) -> Progress {
+        // What the caller did since the last step (a send at `now`) goes first.
+        if !self.settle() {
+            return Progress::Busy;
+        }
+        match self.next_event() {
+            None => Progress::Idle,
+            Some(t) if t > limit => {
+                self.now = self.now.max(limit);
+                Progress::Limited
+            }
+            Some(t) => {
+                self.now = self.now.max(t);
+                if self.settle() {
+                    Progress::Advanced
+                } else {
+                    Progress::Busy
+                }
+            }
+        }
+    }
+
+    /// Rounds at `now` until nothing more happens; false if [`MAX_ROUNDS_PER_STEP`]
+    /// rounds were not enough.
+    fn settle(&mut self) -> bool {
+        for _ in 0..MAX_ROUNDS_PER_STEP {
+            if !self.round() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// One round at `now`: TX rings onto the wire, due frames off it, due timers.
+    /// Returns whether anything happened (replies it caused go out next round).
+    fn round(&mut self) -> bool {
+        let now = self.now;
+        let mut work = false;
+        while let Some(skb) = self.a.poll_transmit(now) {
+            self.link.a_to_b.push(now, orphan(skb));
+            work = true;
+        }
+        while let Some(skb) = self.b.poll_transmit(now) {
+            self.link.b_to_a.push(now, orphan(skb));
+            work = true;
+        }
+        while let Some(skb) = self.link.a_to_b.poll(now) {
+            self.b.netif_receive_skb(now, skb);
+            work = true;
+        }
+        while let Some(skb) = self.link.b_to_a.poll(now) {
+            self.a.netif_receive_skb(now, skb);
+            work = true;
+        }
+        for stack in [&mut self.a, &mut self.b] {
+            if stack.poll_timeout().is_some_and(|t| t <= now) {
+                stack.handle_timeout(now);
+                work = true;
+            }
+        }
+        work
+    }
+
+    /// The earliest pending event: a frame to send (now), a frame due, a timer.
+    fn next_event(&self) -> Option<Instant> {
+        if self.a.tx_pending() + self.b.tx_pending() > 0 {
+            return Some(self.now);
+        }
+        [
+            self.link.poll_timeout(),
+            self.a.poll_timeout(),
+            self.b.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// `skb_orphan`: free the frame's send-buffer charge as TX completion would. A clone
+/// carries no charge, and dropping the original after cloning leaves the clone the only
+/// owner of the buffer, so this copies nothing.
+fn orphan(skb: Skb) -> Skb {
+    if skb.owner_w().is_none() {
+        return skb;
+    }
+    let free = skb.clone();
+    drop(skb);
+    free
+}
