@@ -10,11 +10,11 @@
 //!
 //! Receive. The core raises `Event::Readable` when a datagram or an error lands on an
 //! empty queue (`sk_data_ready`), and not again until `udp_recvmsg` has emptied it. On
-//! that event the stack thread drains the core queue into this socket's bounded
-//! [`RecvQueue`], a channel between the protocol task and the socket, bounded in
-//! datagrams and in bytes of buffer. When the channel is full the drain stops and the rest waits in the core queue, which is bounded by
-//! `sk_rcvbuf` and drops (counting `RcvbufErrors`) when full, exactly as Linux does for
-//! a reader that does not keep up. Because the core will not signal again while its
+//! that event the stack thread drains the core queue into this socket's receive
+//! channel (`RecvQueue`), between the protocol task and the socket, bounded in datagrams
+//! and in bytes of buffer. When the channel is full the drain stops and the rest waits
+//! in the core queue, which is bounded by `sk_rcvbuf` and drops (counting
+//! `RcvbufErrors`) when full, exactly as Linux does for a reader that does not keep up. Because the core will not signal again while its
 //! queue is non-empty, a drain that stopped on a full channel marks it *stalled*, and
 //! the reader that brings the channel down to half asks the stack thread for another
 //! drain (one command per stall, not per datagram).
