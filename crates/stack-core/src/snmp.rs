@@ -123,6 +123,7 @@ mib! {
         paws_estab => "PAWSEstab",
         tcp_timeouts => "TCPTimeouts",
         tcp_reno_recovery => "TCPRenoRecovery",
+        tcp_sack_recovery => "TCPSackRecovery",
         tcp_rcvq_drop => "TCPRcvQDrop",
         syncookies_sent => "SyncookiesSent",
         syncookies_recv => "SyncookiesRecv",

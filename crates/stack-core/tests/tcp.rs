@@ -13,8 +13,10 @@ struct Net {
     a: Stack,
     b: Stack,
     now: Instant,
-    frames: u64,
-    drop: Box<dyn FnMut(u64) -> bool>,
+    /// Frames sent by A and by B so far.
+    frames: (u64, u64),
+    /// Whether to lose the n-th frame of a direction (`true`: from A).
+    drop: Box<dyn FnMut(bool, u64) -> bool>,
 }
 
 impl Net {
@@ -30,8 +32,8 @@ impl Net {
             a: host(A),
             b: host(B),
             now: Instant::ZERO,
-            frames: 0,
-            drop: Box::new(|_| false),
+            frames: (0, 0),
+            drop: Box::new(|_, _| false),
         }
     }
 
@@ -40,15 +42,15 @@ impl Net {
         for _ in 0..10_000_000 {
             let mut moved = false;
             while let Some(f) = self.a.poll_transmit(self.now) {
-                self.frames += 1;
-                if !(self.drop)(self.frames) {
+                self.frames.0 += 1;
+                if !(self.drop)(true, self.frames.0) {
                     self.b.netif_receive_skb(self.now, f);
                 }
                 moved = true;
             }
             while let Some(f) = self.b.poll_transmit(self.now) {
-                self.frames += 1;
-                if !(self.drop)(self.frames) {
+                self.frames.1 += 1;
+                if !(self.drop)(false, self.frames.1) {
                     self.a.netif_receive_skb(self.now, f);
                 }
                 moved = true;
@@ -233,8 +235,8 @@ fn peer_abort_is_a_reset() {
 fn recovers_from_loss_byte_identical() {
     let mut net = Net::new();
     let (c, s) = connected(&mut net);
-    // Drop 1 frame in 20, deterministically.
-    net.drop = Box::new(|n| n % 20 == 7);
+    // Drop 1 frame in 20 each way, deterministically.
+    net.drop = Box::new(|_, n| n % 20 == 7);
     let data = pattern(2 << 20, 3);
     assert_eq!(transfer(&mut net, true, c, s, &data), data);
     let a = net.a.snmp();
@@ -483,4 +485,19 @@ mod hostile {
             .netif_receive_skb(net.now, segment(src, dst, &forged, b""));
         assert!(net.b.snmp().tcp_ext.syncookies_failed >= 1);
     }
+}
+
+#[test]
+fn one_lost_segment_is_repaired_by_sack_recovery_without_timeout() {
+    let mut net = Net::new();
+    let (c, s) = connected(&mut net);
+    let start = net.frames.0;
+    // Lose one data segment from A early in the transfer.
+    net.drop = Box::new(move |from_a, n| from_a && n == start + 12);
+    let data = pattern(400_000, 11);
+    assert_eq!(transfer(&mut net, true, c, s, &data), data);
+    let a = net.a.snmp();
+    assert_eq!(a.tcp_ext.tcp_sack_recovery, 1, "{:?}", a.tcp_ext);
+    assert_eq!(a.tcp_ext.tcp_timeouts, 0, "repaired before any RTO");
+    assert_eq!(a.tcp.retrans_segs, 1, "only the lost segment was resent");
 }

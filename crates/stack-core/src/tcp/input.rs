@@ -519,6 +519,11 @@ impl Stack {
                 s.probes = 0;
             }
         }
+        let new_sacks = if s.sack_ok {
+            s.tcp_sacktag(ack, &seg.sack_blocks)
+        } else {
+            0
+        };
         if seq_gt(ack, prior_una) {
             // New data acknowledged; the RTT sample (Karn: never from a retransmitted
             // segment) is taken there too.
@@ -526,25 +531,38 @@ impl Stack {
         } else if ack == prior_una
             && seg_len == 0
             && !seg.flags.contains(TcpFlags::FIN)
-            && !window_changed
+            && (!window_changed || new_sacks > 0)
             && s.snd_una != s.snd_nxt
         {
             // A duplicate ACK (RFC 5681 section 2).
             s.dupacks += 1;
             if s.recovery.is_some() {
-                // Each further dupack means a segment left the network (inflation).
-                s.cwnd += 1;
-            } else if s.dupacks == 3 {
-                // Fast retransmit and enter fast recovery (RFC 6582 3.2 step 2).
+                if !s.sack_ok {
+                    // Each further dupack means a segment left the network (inflation).
+                    s.cwnd += 1;
+                }
+            } else if s.dupacks == 3 || (s.sack_ok && s.tcp_mark_lost() > 0) {
+                // Fast retransmit and enter fast recovery (RFC 6582 3.2 step 2; with
+                // SACK, RFC 6675 section 5: cwnd = ssthresh, the pipe does the rest).
                 let ssthresh = s.cong_ssthresh();
                 s.ssthresh = ssthresh;
-                s.cwnd = ssthresh + 3;
                 s.recovery = Some(s.snd_nxt);
-                if let Some(head) = s.write_queue.front_mut() {
+                if let Some(head) = s.write_queue.iter_mut().find(|t| !t.sacked) {
                     head.lost = true;
                 }
-                self.snmp.tcp_ext.tcp_reno_recovery += 1;
+                if s.sack_ok {
+                    s.cwnd = ssthresh;
+                    s.tcp_mark_lost();
+                    self.snmp.tcp_ext.tcp_sack_recovery += 1;
+                } else {
+                    s.cwnd = ssthresh + 3;
+                    self.snmp.tcp_ext.tcp_reno_recovery += 1;
+                }
             }
+        }
+        let s = self.tcp_sock_mut(id).expect("exists");
+        if s.recovery.is_some() && s.sack_ok && new_sacks > 0 {
+            s.tcp_mark_lost();
         }
         let s = self.tcp_sock_mut(id).expect("exists");
         // Our FIN acknowledged: the closing states move on.
@@ -614,6 +632,14 @@ impl Stack {
             if seq_ge(ack, recover) {
                 s.recovery = None;
                 s.cwnd = s.ssthresh.min(s.in_flight() + 1).max(2);
+            } else if s.sack_ok {
+                // RFC 6675: the scoreboard says what is lost; the window stays ssthresh.
+                s.tcp_mark_lost();
+                if let Some(head) = s.write_queue.front_mut() {
+                    if !head.sacked && !head.retransmitted {
+                        head.lost = true;
+                    }
+                }
             } else {
                 if let Some(head) = s.write_queue.front_mut() {
                     head.lost = true;
@@ -643,7 +669,11 @@ impl Stack {
         if seq_lt(seq, s.rcv_nxt) {
             let dup = s.rcv_nxt.wrapping_sub(seq) as usize;
             if dup >= skb.len() {
-                // Entirely old: a retransmission; ACK at once (it may mean our ACK was lost).
+                // Entirely old: a retransmission; ACK at once (it may mean our ACK was
+                // lost), reporting the duplicate (D-SACK, RFC 2883).
+                if s.sack_ok {
+                    s.dsack = Some((seq, seq.wrapping_add(skb.len() as u32)));
+                }
                 self.tcp_send_ack(id);
                 return;
             }
@@ -702,9 +732,14 @@ impl Stack {
         } else {
             // Out of order: keep it (bounded by rmem above) and ACK at once so the
             // sender sees the duplicate ACKs it needs (RFC 5681 4.2).
-            if !s.ooo.contains_key(&seq) {
+            if s.ooo.contains_key(&seq) {
+                if s.sack_ok {
+                    s.dsack = Some((seq, seq.wrapping_add(skb.len() as u32)));
+                }
+            } else {
                 s.ooo_bytes += skb.len();
                 s.rmem += truesize;
+                s.last_ooo = seq;
                 s.ooo.insert(seq, skb);
             }
             self.tcp_send_ack(id);
@@ -797,6 +832,49 @@ impl Stack {
 }
 
 impl TcpSock {
+    /// `tcp_sacktag_write_queue`: mark segments the peer holds out of order. Returns how
+    /// many were newly marked. A block at or below the cumulative ACK is a D-SACK report
+    /// (RFC 2883) and marks nothing.
+    fn tcp_sacktag(&mut self, ack: u32, blocks: &crate::wire::tcp::SackBlocks) -> u32 {
+        let mut newly = 0;
+        for &(left, right) in blocks.iter() {
+            if seq_le(right, ack) || seq_gt(right, self.snd_nxt) || !seq_lt(left, right) {
+                continue;
+            }
+            for t in self.write_queue.iter_mut() {
+                if seq_ge(t.seq, right) {
+                    break;
+                }
+                if !t.sacked && seq_ge(t.seq, left) && seq_le(t.end_seq, right) {
+                    t.sacked = true;
+                    t.lost = false;
+                    newly += 1;
+                }
+            }
+        }
+        newly
+    }
+
+    /// RFC 6675 section 4 `IsLost` with DupThresh = 3: an unSACKed segment with three
+    /// SACKed segments above it is lost. Returns how many were newly marked.
+    pub(crate) fn tcp_mark_lost(&mut self) -> u32 {
+        let nxt = self.snd_nxt;
+        let mut sacked_above = 0;
+        let mut newly = 0;
+        for t in self.write_queue.iter_mut().rev() {
+            if seq_ge(t.seq, nxt) {
+                continue;
+            }
+            if t.sacked {
+                sacked_above += 1;
+            } else if sacked_above >= 3 && !t.lost && !t.retransmitted {
+                t.lost = true;
+                newly += 1;
+            }
+        }
+        newly
+    }
+
     /// RFC 6298 section 2: SRTT, RTTVAR and RTO from a new sample; RTO floored at
     /// Linux's 200 ms and capped at 120 s.
     pub(crate) fn rtt_update(&mut self, rtt: Duration) {

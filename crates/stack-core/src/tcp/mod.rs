@@ -97,6 +97,8 @@ pub(crate) struct TxSeg {
     pub retransmitted: bool,
     /// Marked lost (RTO or fast retransmit) and not yet retransmitted.
     pub lost: bool,
+    /// Covered by a SACK block from the peer (RFC 2018).
+    pub sacked: bool,
 }
 
 impl TxSeg {
@@ -163,6 +165,10 @@ pub(crate) struct TcpSock {
     pub ts_recent: u32,
     pub sack_ok: bool,
     pub wscale_ok: bool,
+    /// A duplicate segment to report in the next ACK (D-SACK, RFC 2883).
+    pub dsack: Option<(u32, u32)>,
+    /// Sequence of the most recent out-of-order segment: its block goes first.
+    pub last_ooo: u32,
 
     // RTT and retransmission (RFC 6298).
     pub srtt_us: Option<u64>,
@@ -246,6 +252,8 @@ impl TcpSock {
             ts_recent: 0,
             sack_ok: false,
             wscale_ok: false,
+            dsack: None,
+            last_ooo: 0,
             srtt_us: None,
             rttvar_us: 0,
             rto: timer::INITIAL_RTO,
@@ -282,7 +290,7 @@ impl TcpSock {
             if seq_ge(seg.seq, self.snd_nxt) {
                 break;
             }
-            if !seg.lost {
+            if !seg.lost && !seg.sacked {
                 n += 1;
             }
         }

@@ -44,6 +44,7 @@ impl Stack {
             sent: None,
             retransmitted: false,
             lost: false,
+            sacked: false,
         });
     }
 
@@ -80,6 +81,7 @@ impl Stack {
                 sent: None,
                 retransmitted: false,
                 lost: false,
+                sacked: false,
             });
             data = &data[n..];
         }
@@ -268,7 +270,9 @@ impl Stack {
             if s.ts_ok {
                 repr.timestamps = Some((ts_val, s.ts_recent));
             }
-            repr.sack_blocks = SackBlocks::default();
+            if s.sack_ok {
+                repr.sack_blocks = Self::tcp_sack_blocks(s);
+            }
         }
         if seg.flags.contains(TcpFlags::ACK) {
             // This segment carries the ACK: no delayed ACK is owed any more.
@@ -310,6 +314,41 @@ impl Stack {
             dont_frag: true,
         };
         let _ = self.ip_queue_xmit(skb, &rt, params);
+    }
+
+    /// The SACK blocks of an ACK (RFC 2018 section 4): a D-SACK block first if a
+    /// duplicate arrived (RFC 2883), then the out-of-order ranges, the one holding the
+    /// most recent segment first. The wire layer keeps as many as fit.
+    fn tcp_sack_blocks(s: &mut super::TcpSock) -> SackBlocks {
+        let mut blocks = SackBlocks::default();
+        if let Some(d) = s.dsack.take() {
+            blocks.push(d);
+        }
+        let mut ranges: Vec<(u32, u32)> = Vec::new();
+        for (&seq, skb) in &s.ooo {
+            let end = seq.wrapping_add(skb.len() as u32);
+            match ranges.last_mut() {
+                Some(last) if seq_le(seq, last.1) => {
+                    if seq_gt(end, last.1) {
+                        last.1 = end;
+                    }
+                }
+                _ => ranges.push((seq, end)),
+            }
+        }
+        if let Some(i) = ranges
+            .iter()
+            .position(|&(l, r)| seq_ge(s.last_ooo, l) && seq_lt(s.last_ooo, r))
+        {
+            let recent = ranges.remove(i);
+            ranges.insert(0, recent);
+        }
+        for r in ranges {
+            if !blocks.push(r) {
+                break;
+            }
+        }
+        blocks
     }
 
     /// `tcp_send_ack`: a bare ACK with the current window.
