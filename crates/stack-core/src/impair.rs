@@ -60,7 +60,10 @@ pub struct ImpairConfig {
     pub dup: f64,
     /// Probability that a frame is sent out of turn (see the module documentation).
     pub reorder: f64,
-    /// Probability that one random bit of a frame is flipped.
+    /// Probability that one random bit of a frame is flipped, anywhere in it as netem
+    /// does (`skb->data[rand % headlen]`). A flip in the Ethernet header or an ARP body,
+    /// which the FCS of a real wire would have caught, shows up as a frame for another
+    /// MAC, an unknown EtherType or a wrong neighbour entry rather than a checksum error.
     pub corrupt: f64,
     /// Propagation delay added to every frame.
     pub delay: Duration,
