@@ -272,6 +272,10 @@ impl Stack {
     pub fn udp_set_cork(&mut self, now: Instant, id: SocketId, on: bool) -> Result<(), SendError> {
         self.now = now;
         let s = self.udp_sock_mut(id).ok_or(SendError::BadSocket)?;
+        if !on && s.pending.is_some() && !s.wmem.has_room() {
+            // Keep the corked datagram and the cork until it can be sent.
+            return Err(SendError::WouldBlock);
+        }
         s.cork = on;
         if !on {
             if let Some(cork) = s.pending.take() {
@@ -314,6 +318,11 @@ impl Stack {
             return Err(e);
         }
         let corked = s.cork || more;
+        if !corked && !s.wmem.has_room() {
+            // Refuse before touching anything, so a retry sends exactly this data once.
+            self.snmp.udp.sndbuf_errors += 1;
+            return Err(SendError::WouldBlock);
+        }
         if let Some(cork) = s.pending.as_mut() {
             // ip_append_data: a corked datagram keeps its first destination.
             if cork.data.len() + data.len() > MAX_PAYLOAD {
@@ -410,12 +419,13 @@ impl Stack {
                 self.snmp.udp.out_datagrams += 1;
                 Ok(())
             }
-            Err(e) => {
-                if e == SendError::NoBufferSpace {
-                    self.snmp.udp.sndbuf_errors += 1;
-                }
-                Err(e)
+            // A full queue below us is a drop the sender is not told about, as Linux's
+            // udp_send_skb does without IP_RECVERR: counted, and the call succeeds.
+            Err(SendError::NoBufferSpace) => {
+                self.snmp.udp.sndbuf_errors += 1;
+                Ok(())
             }
+            Err(e) => Err(e),
         }
     }
 

@@ -501,3 +501,67 @@ fn one_lost_segment_is_repaired_by_sack_recovery_without_timeout() {
     assert_eq!(a.tcp_ext.tcp_timeouts, 0, "repaired before any RTO");
     assert_eq!(a.tcp.retrans_segs, 1, "only the lost segment was resent");
 }
+
+#[test]
+fn keepalive_probes_an_idle_peer_and_gives_up_when_it_is_gone() {
+    use stack_core::tcp::Keepalive;
+    let mut net = Net::new();
+    let (c, _s) = connected(&mut net);
+    let ka = Keepalive {
+        idle: Duration::from_secs(10),
+        interval: Duration::from_secs(1),
+        probes: 3,
+    };
+    net.a.tcp_set_keepalive(c, Some(ka)).unwrap();
+    // The peer answers the probes: the connection survives a long idle time.
+    net.run(net.now + Duration::from_secs(60));
+    assert_eq!(net.a.tcp_state(c), Some(TcpState::Established));
+    // Now the peer vanishes.
+    net.drop = Box::new(|_, _| true);
+    let gone_at = net.now;
+    while net.a.tcp_state(c) != Some(TcpState::Closed)
+        && net.now - gone_at < Duration::from_secs(60)
+    {
+        let step = net.now + Duration::from_millis(100);
+        net.run(step);
+        net.now = net.now.max(step);
+    }
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        net.a.tcp_recv(net.now, c, &mut buf, false),
+        Err(SendError::TimedOut)
+    );
+    // Idle 10 s (counted from the last segment heard), then 3 probes 1 s apart.
+    assert!(
+        net.now - gone_at <= Duration::from_secs(10 + 3 + 1),
+        "{:?}",
+        net.now - gone_at
+    );
+}
+
+#[test]
+fn user_timeout_bounds_how_long_unacked_data_is_retried() {
+    let mut net = Net::new();
+    let (c, _s) = connected(&mut net);
+    net.a
+        .tcp_set_user_timeout(c, Some(Duration::from_secs(5)))
+        .unwrap();
+    net.drop = Box::new(|_, _| true);
+    let t0 = net.now;
+    net.a.tcp_send(net.now, c, b"into the void").unwrap();
+    while net.a.tcp_state(c) != Some(TcpState::Closed) && net.now - t0 < Duration::from_secs(60) {
+        let step = net.now + Duration::from_millis(100);
+        net.run(step);
+        net.now = net.now.max(step);
+    }
+    let took = net.now - t0;
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        net.a.tcp_recv(net.now, c, &mut buf, false),
+        Err(SendError::TimedOut)
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+}

@@ -252,7 +252,14 @@ impl Stack {
         }
         let f = seg.flags;
         let seg_len = skb.len() as u32;
+        let now = self.now;
         let s = self.tcp_sock_mut(id).expect("exists");
+        // Anything from the peer proves it alive (keepalive restarts its idle clock).
+        s.last_rcv = now;
+        s.ka_probes_out = 0;
+        if let Some(ka) = s.keepalive {
+            s.ka_timer = Some(now + ka.idle);
+        }
 
         // PAWS (RFC 7323 5.3): a timestamp older than the last one seen is a segment from
         // an old incarnation of the sequence space.
@@ -281,8 +288,9 @@ impl Stack {
             if rcv_wnd == 0 {
                 seg.seq == s.rcv_nxt
             } else {
+                // A keepalive or zero-window probe (seq = rcv_nxt - 1) fails this test
+                // on purpose: the answer to an unacceptable segment is an ACK.
                 seq_ge(seg.seq, s.rcv_nxt) && seq_lt(seg.seq, s.rcv_nxt.wrapping_add(rcv_wnd))
-                    || seg.seq == s.rcv_nxt.wrapping_sub(1) && !f.contains(TcpFlags::RST)
             }
         } else if rcv_wnd == 0 {
             // A zero window still accepts the ACK and FIN at rcv_nxt.
@@ -622,6 +630,7 @@ impl Stack {
         s.wq_bytes = s.wq_bytes.saturating_sub(acked_bytes);
         s.dupacks = 0;
         s.retransmits = 0;
+        s.retrans_stamp = None;
         s.backoff = 0;
         if let Some(rtt) = rtt_sample {
             s.rtt_update(rtt);

@@ -199,6 +199,15 @@ pub(crate) struct TcpSock {
     /// TIME_WAIT or orphaned FIN_WAIT_2 end.
     pub tw_timer: Option<Instant>,
 
+    // Keepalive (RFC 1122 4.2.3.6) and TCP_USER_TIMEOUT (RFC 5482).
+    pub keepalive: Option<Keepalive>,
+    pub ka_timer: Option<Instant>,
+    pub ka_probes_out: u32,
+    pub last_rcv: Instant,
+    pub user_timeout: Option<Duration>,
+    /// When the current run of retransmissions started.
+    pub retrans_stamp: Option<Instant>,
+
     pub err: Option<SendError>,
     pub read_signalled: bool,
     pub want_write: bool,
@@ -273,6 +282,12 @@ impl TcpSock {
             recovery: None,
             cc: CongState::default(),
             tw_timer: None,
+            keepalive: None,
+            ka_timer: None,
+            ka_probes_out: 0,
+            last_rcv: now,
+            user_timeout: None,
+            retrans_stamp: None,
             err: None,
             read_signalled: false,
             want_write: false,
@@ -326,6 +341,26 @@ pub struct TcpTable {
 impl TcpTable {
     pub fn connections(&self) -> usize {
         self.ehash.len()
+    }
+}
+
+/// SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT; Linux's defaults are
+/// 2 h, 75 s and 9 (RFC 1122 4.2.3.6 requires an idle time of at least two hours by
+/// default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub probes: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            idle: Duration::from_secs(7200),
+            interval: Duration::from_secs(75),
+            probes: 9,
+        }
     }
 }
 
@@ -408,6 +443,32 @@ impl Stack {
         self.tcp_sock_mut(id)
             .ok_or(SendError::BadSocket)?
             .linger_zero = on;
+        Ok(())
+    }
+
+    /// SO_KEEPALIVE (`None` turns it off).
+    pub fn tcp_set_keepalive(
+        &mut self,
+        id: SocketId,
+        ka: Option<Keepalive>,
+    ) -> Result<(), SendError> {
+        let now = self.now;
+        let s = self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?;
+        s.keepalive = ka;
+        s.ka_probes_out = 0;
+        s.ka_timer = ka.map(|k| s.last_rcv.max(now) + k.idle);
+        Ok(())
+    }
+
+    /// TCP_USER_TIMEOUT: give up when sent data stays unacknowledged this long.
+    pub fn tcp_set_user_timeout(
+        &mut self,
+        id: SocketId,
+        t: Option<Duration>,
+    ) -> Result<(), SendError> {
+        self.tcp_sock_mut(id)
+            .ok_or(SendError::BadSocket)?
+            .user_timeout = t;
         Ok(())
     }
 

@@ -22,10 +22,16 @@ impl Stack {
         self.socks
             .iter()
             .filter_map(|(_, s)| match s {
-                Sock::Tcp(t) => [t.rto_timer, t.delack_timer, t.persist_timer, t.tw_timer]
-                    .into_iter()
-                    .flatten()
-                    .min(),
+                Sock::Tcp(t) => [
+                    t.rto_timer,
+                    t.delack_timer,
+                    t.persist_timer,
+                    t.tw_timer,
+                    t.ka_timer,
+                ]
+                .into_iter()
+                .flatten()
+                .min(),
                 _ => None,
             })
             .min()
@@ -37,11 +43,17 @@ impl Stack {
             .socks
             .iter()
             .filter_map(|(k, s)| match s {
-                Sock::Tcp(t) => [t.rto_timer, t.delack_timer, t.persist_timer, t.tw_timer]
-                    .into_iter()
-                    .flatten()
-                    .any(|d| d <= now)
-                    .then_some(k),
+                Sock::Tcp(t) => [
+                    t.rto_timer,
+                    t.delack_timer,
+                    t.persist_timer,
+                    t.tw_timer,
+                    t.ka_timer,
+                ]
+                .into_iter()
+                .flatten()
+                .any(|d| d <= now)
+                .then_some(k),
                 _ => None,
             })
             .collect();
@@ -79,6 +91,45 @@ impl Stack {
             s.rto_timer = None;
             self.tcp_retransmit_timer(id, now);
         }
+        if let Some(s) = self.tcp_sock_mut(id) {
+            if s.ka_timer.is_some_and(|t| t <= now) {
+                s.ka_timer = None;
+                self.tcp_keepalive_timer(id, now);
+            }
+        }
+    }
+
+    /// `tcp_keepalive_timer`: after `idle` without hearing from the peer, probe every
+    /// `interval`; after `probes` unanswered probes the connection is dead (ETIMEDOUT).
+    fn tcp_keepalive_timer(&mut self, id: SocketId, now: Instant) {
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        let Some(ka) = s.keepalive else { return };
+        if !matches!(
+            s.state,
+            TcpState::Established | TcpState::CloseWait | TcpState::FinWait2
+        ) {
+            return;
+        }
+        // Data in flight has its own timer; keepalive is for idle connections.
+        if s.snd_una != s.snd_nxt {
+            s.ka_timer = Some(now + ka.idle);
+            return;
+        }
+        let idle_until = s.last_rcv + ka.idle;
+        if now < idle_until && s.ka_probes_out == 0 {
+            s.ka_timer = Some(idle_until);
+            return;
+        }
+        if s.ka_probes_out >= ka.probes {
+            s.err = Some(SendError::TimedOut);
+            self.tcp_abort_timeout(id);
+            return;
+        }
+        s.ka_probes_out += 1;
+        s.ka_timer = Some(now + ka.interval);
+        self.tcp_send_probe(id);
     }
 
     /// `tcp_retransmit_timer`: RFC 6298 5.4-5.7 — resend the earliest unacknowledged
@@ -96,7 +147,11 @@ impl Stack {
         } else {
             RETRIES2
         };
-        if s.retransmits >= limit {
+        let started = *s.retrans_stamp.get_or_insert(now);
+        let user_timed_out = s
+            .user_timeout
+            .is_some_and(|t| now.saturating_duration_since(started) >= t);
+        if s.retransmits >= limit || user_timed_out {
             s.err = Some(SendError::TimedOut);
             let synsent = s.state == TcpState::SynSent;
             if synsent {
