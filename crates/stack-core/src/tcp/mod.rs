@@ -312,6 +312,34 @@ impl TcpSock {
         n
     }
 
+    /// `tcp_fragment`: split the unsent segment at `idx` after `len` payload bytes.
+    pub(crate) fn tcp_fragment(&mut self, idx: usize, len: usize, pool: &crate::skb::SkbPool) {
+        let Some(seg) = self.write_queue.get_mut(idx) else {
+            return;
+        };
+        if len == 0 || len >= seg.skb.len() {
+            return;
+        }
+        let tail_bytes = &seg.skb.data()[len..];
+        let mut skb = pool.alloc(tail_bytes.len());
+        skb.put(tail_bytes.len()).copy_from_slice(tail_bytes);
+        let tail = TxSeg {
+            seq: seg.seq.wrapping_add(len as u32),
+            end_seq: seg.end_seq,
+            syn: false,
+            fin: seg.fin,
+            skb,
+            sent: None,
+            retransmitted: false,
+            lost: false,
+            sacked: false,
+        };
+        seg.skb.trim(len);
+        seg.fin = false;
+        seg.end_seq = seg.seq.wrapping_add(len as u32);
+        self.write_queue.insert(idx + 1, tail);
+    }
+
     /// The window scale we offer: enough for the receive buffer (`tcp_select_initial_window`).
     fn choose_rcv_wscale(rcvbuf: usize) -> u8 {
         let mut shift = 0u8;

@@ -201,16 +201,31 @@ impl Stack {
     /// `tcp_probe_timer`: the peer's window is zero and nothing is in flight; probe it
     /// with backoff (RFC 9293 3.8.6.1) so a lost window update cannot deadlock us.
     fn tcp_probe_timer(&mut self, id: SocketId, now: Instant) {
+        let pool = self.pool.clone();
         let Some(s) = self.tcp_sock_mut(id) else {
             return;
         };
-        if s.snd_wnd > 0 || s.write_queue.is_empty() {
+        if s.write_queue.is_empty() || s.snd_una != s.snd_nxt {
             s.probes = 0;
             return;
         }
         s.probes += 1;
         let backoff = s.rto * (1 << s.probes.min(10));
         s.persist_timer = Some(now + backoff.min(MAX_RTO));
+        if s.snd_wnd > 0 {
+            // The window is open, but less than the next segment: send what fits
+            // (`tcp_write_wakeup`), which is also the sender's SWS override (RFC 1122
+            // 4.2.3.4: send after a timeout even if it is small).
+            let avail = s.snd_wnd as usize;
+            if let Some(head) = s.write_queue.front() {
+                if head.skb.len() > avail && !head.syn {
+                    s.tcp_fragment(0, avail, &pool);
+                }
+            }
+            s.persist_timer = None;
+            self.tcp_write_xmit(id);
+            return;
+        }
         self.tcp_send_probe(id);
     }
 }
