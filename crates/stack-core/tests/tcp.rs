@@ -565,3 +565,74 @@ fn user_timeout_bounds_how_long_unacked_data_is_retried() {
         "{took:?}"
     );
 }
+
+/// Frames A sends, with their times, while nothing reaches B (the link is cut).
+fn a_frames_while_cut(
+    net: &mut Net,
+    until: Instant,
+) -> Vec<(Instant, stack_core::wire::tcp::TcpRepr)> {
+    use stack_core::wire::ethernet::EthernetFrame;
+    use stack_core::wire::ipv4::Ipv4Packet;
+    use stack_core::wire::tcp::{TcpPacket, TcpRepr};
+    let mut out = Vec::new();
+    while net.now <= until {
+        while let Some(f) = net.a.poll_transmit(net.now) {
+            let e = EthernetFrame::new_checked(f.data()).unwrap();
+            if let Ok(ip) = Ipv4Packet::new_checked(e.payload()) {
+                if let Ok(t) = TcpPacket::new_checked(ip.payload()) {
+                    out.push((net.now, TcpRepr::parse(&t).unwrap()));
+                }
+            }
+        }
+        match net.a.poll_timeout() {
+            Some(t) if t <= until => {
+                net.now = net.now.max(t);
+                net.a.handle_timeout(net.now);
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn rto_backs_off_exponentially_from_the_200ms_floor() {
+    let mut net = Net::new();
+    let (c, _s) = connected(&mut net);
+    // Handshake RTT on this link is ~0: RTO = max(SRTT + 4 RTTVAR, 200 ms) = 200 ms.
+    let t0 = net.now;
+    net.a.tcp_send(net.now, c, b"lost forever").unwrap();
+    let frames = a_frames_while_cut(&mut net, t0 + Duration::from_secs(7));
+    let times: Vec<u64> = frames
+        .iter()
+        .map(|(t, _)| (*t - t0).as_millis() as u64)
+        .collect();
+    // First send, then 200, 200+400, +800, +1600, +3200 ms (RFC 6298 5.5).
+    assert_eq!(times, vec![0, 200, 600, 1400, 3000, 6200]);
+    let seqs: Vec<u32> = frames.iter().map(|(_, r)| r.seq).collect();
+    assert!(
+        seqs.iter().all(|&s| s == seqs[0]),
+        "the same segment each time"
+    );
+    assert_eq!(net.a.snmp().tcp_ext.tcp_timeouts, 5);
+    assert_eq!(net.a.snmp().tcp.retrans_segs, 5);
+}
+
+#[test]
+fn three_duplicate_acks_trigger_fast_retransmit() {
+    let mut net = Net::new();
+    let (c, s) = connected(&mut net);
+    // Without SACK on this connection: plain NewReno.
+    let _ = s;
+    let start = net.frames.0;
+    net.drop = Box::new(move |from_a, n| from_a && n == start + 3);
+    let data = pattern(60_000, 21);
+    assert_eq!(transfer(&mut net, true, c, s, &data), data);
+    let a = net.a.snmp();
+    assert_eq!(
+        a.tcp_ext.tcp_timeouts, 0,
+        "repaired by fast retransmit, not RTO"
+    );
+    assert_eq!(a.tcp.retrans_segs, 1);
+    assert_eq!(a.tcp_ext.tcp_sack_recovery + a.tcp_ext.tcp_reno_recovery, 1);
+}

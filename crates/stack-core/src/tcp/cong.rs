@@ -129,3 +129,71 @@ impl TcpSock {
         self.cc.epoch_start = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Duration;
+
+    /// Feed one window of ACKs per RTT from `start` for `rtts` round trips.
+    fn grow(s: &mut TcpSock, start: Instant, rtt: Duration, rtts: u32) -> Vec<u32> {
+        let mut now = start;
+        (0..rtts)
+            .map(|_| {
+                let w = s.cwnd;
+                s.cong_avoid(now, w);
+                now += rtt;
+                s.cwnd
+            })
+            .collect()
+    }
+
+    fn after_loss(algo: CongestionControl) -> TcpSock {
+        let mut s = TcpSock::new(Instant::ZERO);
+        s.cc = CongState::new(algo);
+        s.srtt_us = Some(100_000);
+        s.cwnd = 100;
+        let ss = s.cong_ssthresh();
+        s.ssthresh = ss;
+        s.cwnd = ss;
+        s
+    }
+
+    #[test]
+    fn cubic_follows_the_rfc9438_curve() {
+        let mut s = after_loss(CongestionControl::Cubic);
+        assert_eq!(s.cwnd, 70, "beta_cubic = 0.7");
+        // K = cbrt(W_max (1 - beta) / C) = cbrt(75) = 4.22 s; RTT 100 ms.
+        let w = grow(
+            &mut s,
+            Instant::from_secs(1),
+            Duration::from_millis(100),
+            90,
+        );
+        let at = |secs: f64| w[(secs * 10.0) as usize - 1];
+        // Concave approach: most of the way back within K/2, W_cubic(K/2) = 96.3.
+        assert!((92..=100).contains(&at(2.1)), "{}", at(2.1));
+        // Plateau at W_max around K.
+        assert!((97..=104).contains(&at(4.2)), "{}", at(4.2));
+        // Convex probing beyond: W_cubic(2K) = 130.
+        assert!((122..=140).contains(&at(8.4)), "{}", at(8.4));
+    }
+
+    #[test]
+    fn reno_adds_one_segment_per_round_trip() {
+        let mut s = after_loss(CongestionControl::Reno);
+        assert_eq!(s.cwnd, 50, "halved");
+        let w = grow(&mut s, Instant::ZERO, Duration::from_millis(100), 10);
+        assert_eq!(w, (51..=60).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn slow_start_doubles_until_ssthresh() {
+        let mut s = TcpSock::new(Instant::ZERO);
+        s.cc = CongState::new(CongestionControl::Reno);
+        s.cwnd = 10;
+        s.ssthresh = 64;
+        let w = grow(&mut s, Instant::ZERO, Duration::from_millis(10), 4);
+        assert_eq!(w, vec![20, 40, 64, 65]);
+    }
+}
