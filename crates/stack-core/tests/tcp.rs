@@ -622,8 +622,8 @@ fn rto_backs_off_exponentially_from_the_200ms_floor() {
 fn three_duplicate_acks_trigger_fast_retransmit() {
     let mut net = Net::new();
     let (c, s) = connected(&mut net);
-    // Without SACK on this connection: plain NewReno.
-    let _ = s;
+    // Both ends offer SACK, so the recovery is RFC 6675's; the trigger is still the
+    // three duplicate ACKs of RFC 5681 3.2.
     let start = net.frames.0;
     net.drop = Box::new(move |from_a, n| from_a && n == start + 3);
     let data = pattern(60_000, 21);
