@@ -124,6 +124,10 @@ mib! {
         tcp_timeouts => "TCPTimeouts",
         tcp_reno_recovery => "TCPRenoRecovery",
         tcp_sack_recovery => "TCPSackRecovery",
+        /// In-order data taken by the header-prediction fast path.
+        tcp_hp_hits => "TCPHPHits",
+        /// Pure ACKs taken by the fast path.
+        tcp_hp_acks => "TCPHPAcks",
         tcp_rcvq_drop => "TCPRcvQDrop",
         syncookies_sent => "SyncookiesSent",
         syncookies_recv => "SyncookiesRecv",

@@ -79,7 +79,7 @@ impl Stack {
             if self.tcp_state(id) == Some(TcpState::TimeWait) {
                 self.tcp_timewait_state_process(id, &repr, skb.len());
             } else {
-                self.tcp_rcv_state_process(id, &repr, skb);
+                self.tcp_rcv_established(id, &repr, skb);
                 self.tcp_reap(id);
             }
             return;
@@ -239,6 +239,80 @@ impl Stack {
         s.challenge.1 += 1;
         self.snmp.tcp_ext.tcp_challenge_ack += 1;
         self.tcp_send_ack(id);
+    }
+
+    /// `tcp_rcv_established`: the header-prediction fast path (Van Jacobson's, as in
+    /// Linux): on an established connection, the next expected segment carrying only
+    /// ACK (and PSH), the same window, no SACK blocks and a fresh timestamp is either a
+    /// pure ACK for new data or in-order data acknowledging nothing new. Those skip the
+    /// slow path's checks; everything else goes to `tcp_rcv_state_process`.
+    fn tcp_rcv_established(&mut self, id: SocketId, seg: &TcpRepr, skb: Skb) {
+        let now = self.now;
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        let flags_ok = seg.flags == TcpFlags::ACK || seg.flags == (TcpFlags::ACK | TcpFlags::PSH);
+        let ts_ok = match (s.ts_ok, seg.timestamps) {
+            (true, Some((tsval, _))) => seq_ge(tsval, s.ts_recent),
+            (false, None) => true,
+            _ => false,
+        };
+        let predicted = s.state == TcpState::Established
+            && flags_ok
+            && seg.seq == s.rcv_nxt
+            && (u32::from(seg.window) << s.snd_wscale) == s.snd_wnd
+            && seg.sack_blocks.is_empty()
+            && ts_ok
+            && s.recovery.is_none()
+            && s.ooo.is_empty()
+            && seq_le(seg.ack, s.snd_nxt);
+        if !predicted {
+            return self.tcp_rcv_state_process(id, seg, skb);
+        }
+        let len = skb.len();
+        let new_ack = seq_gt(seg.ack, s.snd_una);
+        if len == 0 {
+            if !new_ack {
+                // A duplicate ACK needs the slow path's bookkeeping.
+                return self.tcp_rcv_state_process(id, seg, skb);
+            }
+            // Fast path 1: a pure ACK for new data (the sender's steady state).
+            s.last_rcv = now;
+            if let Some((tsval, _)) = seg.timestamps {
+                s.ts_recent = tsval;
+            }
+            s.snd_wl1 = seg.seq;
+            s.snd_wl2 = seg.ack;
+            if let Some(ka) = s.keepalive {
+                s.ka_timer = Some(now + ka.idle);
+            }
+            self.snmp.tcp_ext.tcp_hp_acks += 1;
+            self.tcp_ack_advance(id, seg.ack);
+            self.tcp_write_xmit(id);
+            return;
+        }
+        let room = s.rcv_wup.wrapping_add(s.rcv_wnd).wrapping_sub(s.rcv_nxt) as usize;
+        if new_ack || len > room || s.rmem + skb.end() > 2 * s.rcvbuf {
+            return self.tcp_rcv_state_process(id, seg, skb);
+        }
+        // Fast path 2: in-order data, nothing new acknowledged (the receiver's steady
+        // state): straight onto the receive queue.
+        s.last_rcv = now;
+        if let Some((tsval, _)) = seg.timestamps {
+            s.ts_recent = tsval;
+        }
+        s.rcv_nxt = s.rcv_nxt.wrapping_add(len as u32);
+        s.rcvq_bytes += len;
+        s.rmem += skb.end();
+        s.rcvq.push_back(skb);
+        s.segs_unacked += 1;
+        s.ack_pending = true;
+        if let Some(ka) = s.keepalive {
+            s.ka_timer = Some(now + ka.idle);
+        }
+        self.snmp.tcp_ext.tcp_hp_hits += 1;
+        self.tcp_wake(id, true, false);
+        self.tcp_ack_snd_check(id);
     }
 
     /// `tcp_rcv_state_process`: everything but LISTEN and TIME_WAIT.
