@@ -9,6 +9,7 @@
 
 mod child;
 mod netns;
+mod packet;
 mod ping;
 mod snmp;
 
@@ -16,7 +17,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use child::{run, Child, Output};
-pub use netns::{link_exists_in_root, netns_exists, sweep_stale, veth_pair, Netns, NAME_PREFIX};
+pub use netns::{
+    link_exists_in_root, netns_exists, parse_proc_net_dev, sweep_stale, veth_pair, LinkStats,
+    Netns, NAME_PREFIX,
+};
+pub use packet::PacketSocket;
 pub use ping::{parse_ping_summary, parse_ping_times, percentile, PingSummary, Rtt};
 pub use snmp::{counters_block, parse_snmp, Counters, COUNTERS_HEADER};
 

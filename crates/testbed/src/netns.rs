@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::child::describe;
+use crate::snmp::{parse_snmp, Counters};
 
 /// Every namespace `Netns::new` creates is named `ustk-<prefix>-<pid>-<n>`; the pid lets
 /// `sweep_stale` find the ones whose creator died without running its guards (SIGKILL, or
@@ -107,6 +108,96 @@ impl Netns {
     pub fn pids(&self) -> Vec<u32> {
         pids_of(&self.name)
     }
+
+    /// Runs `f` on a thread that has joined this namespace, and returns its result.
+    ///
+    /// A network namespace belongs to a thread, not a process, so a fresh thread can `setns`
+    /// into it and leave the caller's thread (and the root namespace) alone. Sockets `f`
+    /// creates stay in this namespace for their whole life, whichever thread uses them
+    /// afterwards: that is how tests get kernel-side sockets without spawning processes.
+    /// A panic in `f` is resumed on the caller's thread.
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> io::Result<R> {
+        let ns = self.open()?;
+        std::thread::scope(|s| {
+            let thread = s.spawn(move || -> io::Result<R> {
+                set_thread_netns(&ns)?;
+                Ok(f())
+            });
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// The kernel's own counters in this namespace: /proc/net/snmp and /proc/net/netstat as
+    /// seen from inside it (`Ip`, `Udp`, `IpExt`, ...), parsed like ustack's block.
+    pub fn kernel_counters(&self) -> io::Result<Counters> {
+        // /proc/net is /proc/self/net, the namespace of the main thread; thread-self is ours.
+        let text = self.enter(|| -> io::Result<String> {
+            let mut text = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
+            text.push_str(&std::fs::read_to_string("/proc/thread-self/net/netstat")?);
+            Ok(text)
+        })??;
+        Ok(parse_snmp(&text))
+    }
+
+    /// One interface's line of /proc/net/dev inside this namespace.
+    pub fn link_stats(&self, ifname: &str) -> io::Result<LinkStats> {
+        let text = self.enter(|| std::fs::read_to_string("/proc/thread-self/net/dev"))??;
+        parse_proc_net_dev(&text, ifname).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no {ifname} in /proc/net/dev of {}", self.name),
+            )
+        })
+    }
+
+    fn open(&self) -> io::Result<std::fs::File> {
+        let path = format!("/run/netns/{}", self.name);
+        std::fs::File::open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {path}: {e}")))
+    }
+}
+
+/// Moves the calling thread (only) into the namespace `ns` refers to.
+fn set_thread_netns(ns: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns only reads the descriptor, which `ns` keeps open for the call.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The counters of one interface from /proc/net/dev (the kernel's `rtnl_link_stats64`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_packets: u64,
+    pub tx_dropped: u64,
+}
+
+/// `  ustack0: rxbytes rxpackets errs drop fifo frame compressed multicast txbytes txpackets
+/// errs drop ...`
+pub fn parse_proc_net_dev(text: &str, ifname: &str) -> Option<LinkStats> {
+    text.lines().find_map(|line| {
+        let (name, rest) = line.split_once(':')?;
+        if name.trim() != ifname {
+            return None;
+        }
+        let v: Vec<u64> = rest
+            .split_whitespace()
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        (v.len() >= 12).then(|| LinkStats {
+            rx_packets: v[1],
+            rx_dropped: v[3],
+            tx_packets: v[9],
+            tx_dropped: v[11],
+        })
+    })
 }
 
 impl Drop for Netns {
@@ -265,5 +356,34 @@ fn ip_root(args: &[&str]) -> io::Result<String> {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_one_interface_of_proc_net_dev() {
+        let text = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
+ustack0: 1234567   8901    0   17    0     0          0         0  7654321    5432    0   42    0     0       0          0
+";
+        assert_eq!(
+            parse_proc_net_dev(text, "ustack0"),
+            Some(LinkStats {
+                rx_packets: 8901,
+                rx_dropped: 17,
+                tx_packets: 5432,
+                tx_dropped: 42,
+            })
+        );
+        assert_eq!(
+            parse_proc_net_dev(text, "lo").map(|s| s.rx_packets),
+            Some(0)
+        );
+        assert_eq!(parse_proc_net_dev(text, "eth0"), None);
     }
 }
