@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod deps;
 mod suite;
+mod udp_echo;
 mod util;
 
 use std::process::ExitCode;
