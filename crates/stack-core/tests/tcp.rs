@@ -1,5 +1,8 @@
 //! TCP between two stacks on an in-memory link, in virtual time.
 
+mod common;
+use common::pattern;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use stack_core::tcp::TcpState;
@@ -146,18 +149,6 @@ fn transfer(net: &mut Net, a_sends: bool, src: SocketId, dst: SocketId, data: &[
         }
     }
     got
-}
-
-fn pattern(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

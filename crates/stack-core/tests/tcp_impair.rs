@@ -1,6 +1,9 @@
 //! TCP over the seeded impairment layer: 10 MB each scenario, byte-identical, in
 //! virtual time; and the timers that only show up when a link misbehaves.
 
+mod common;
+use common::pattern;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use stack_core::impair::ImpairConfig;
@@ -9,18 +12,6 @@ use stack_core::tcp::TcpState;
 use stack_core::{Duration, SendError, SocketId};
 
 const TEN_MB: usize = 10 << 20;
-
-fn pattern(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 7) as u8
-        })
-        .collect()
-}
 
 /// Connect A to a listener on B and return (client, accepted).
 fn connect(p: &mut Pair) -> (SocketId, SocketId) {

@@ -151,7 +151,6 @@ impl Stack {
             self.snmp.tcp_ext.listen_drops += 1;
             return;
         }
-        let now = self.now;
         let local = SocketAddrV4::new(dst, seg.dst_port);
         let remote = SocketAddrV4::new(src, seg.src_port);
         let rt = match self.ip_route_output(src) {
@@ -165,22 +164,7 @@ impl Stack {
             return;
         }
         let iss = self.tcp_isn(local, remote);
-        let (nodelay, rcvbuf, sndbuf, cc) = {
-            let p = self.tcp_sock(l).expect("listener");
-            (p.nodelay, p.rcvbuf, p.sndbuf, p.cc)
-        };
-        let mut c = TcpSock::new(now);
-        c.state = TcpState::SynRecv;
-        c.local = Some(local);
-        c.remote = Some(remote);
-        c.parent = Some(l.0);
-        c.nodelay = nodelay;
-        c.rcvbuf = rcvbuf;
-        c.sndbuf = sndbuf;
-        c.cc = cc;
-        c.iss = iss;
-        c.snd_una = iss;
-        c.snd_nxt = iss;
+        let mut c = self.tcp_child(l, local, remote, iss);
         c.irs = seg.seq;
         c.rcv_nxt = seg.seq.wrapping_add(1);
         c.rcv_wup = c.rcv_nxt;
@@ -188,14 +172,47 @@ impl Stack {
         c.snd_wnd = u32::from(seg.window);
         c.snd_wl1 = seg.seq;
         c.snd_wl2 = iss;
-        c.hashed = true;
-        let id = SocketId(self.socks.insert(Sock::Tcp(Box::new(c))));
-        self.tcp.ehash.insert((local, remote), id.0);
-        self.tcp.bhash.entry(local.port()).or_default();
-        self.tcp_sock_mut(l).expect("listener").syn_q_len += 1;
-        self.snmp.tcp.passive_opens += 1;
+        let id = self.tcp_hash_child(l, c);
         self.tcp_queue_control(id, true, false);
         self.tcp_write_xmit(id);
+    }
+
+    /// A SYN_RECV child of listener `l` for `remote`, inheriting the listener's options
+    /// (`inet_csk_clone_lock`), with our initial sequence number `iss`.
+    fn tcp_child(
+        &self,
+        l: SocketId,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        iss: u32,
+    ) -> TcpSock {
+        let p = self.tcp_sock(l).expect("listener");
+        let mut c = TcpSock::new(self.now);
+        c.state = TcpState::SynRecv;
+        c.local = Some(local);
+        c.remote = Some(remote);
+        c.parent = Some(l.0);
+        c.nodelay = p.nodelay;
+        c.rcvbuf = p.rcvbuf;
+        c.sndbuf = p.sndbuf;
+        c.cc = p.cc;
+        c.keepalive = p.keepalive;
+        c.iss = iss;
+        c.snd_una = iss;
+        c.snd_nxt = iss;
+        c
+    }
+
+    /// Put a new child in the socket table and the established hash, counted against
+    /// its listener's SYN queue (`inet_ehash_nolisten`).
+    fn tcp_hash_child(&mut self, l: SocketId, mut c: TcpSock) -> SocketId {
+        let key = (c.local.expect("set"), c.remote.expect("set"));
+        c.hashed = true;
+        let id = SocketId(self.socks.insert(Sock::Tcp(Box::new(c))));
+        self.tcp.ehash.insert(key, id.0);
+        self.tcp_sock_mut(l).expect("listener").syn_q_len += 1;
+        self.snmp.tcp.passive_opens += 1;
+        id
     }
 
     /// Negotiate MSS, window scaling, SACK and timestamps from a SYN (RFC 9293 3.7.1,
@@ -1041,33 +1058,16 @@ impl Stack {
             return false;
         };
         self.snmp.tcp_ext.syncookies_recv += 1;
-        let (backlog, accepted, nodelay, rcvbuf, sndbuf, cc) = {
+        let (backlog, accepted) = {
             let p = self.tcp_sock(l).expect("listener");
-            (
-                p.backlog,
-                p.accept_q.len(),
-                p.nodelay,
-                p.rcvbuf,
-                p.sndbuf,
-                p.cc,
-            )
+            (p.backlog, p.accept_q.len())
         };
         if accepted >= backlog {
             self.snmp.tcp_ext.listen_overflows += 1;
             self.snmp.tcp_ext.listen_drops += 1;
             return true;
         }
-        let mut c = TcpSock::new(self.now);
-        c.state = TcpState::SynRecv;
-        c.local = Some(local);
-        c.remote = Some(remote);
-        c.parent = Some(l.0);
-        c.nodelay = nodelay;
-        c.rcvbuf = rcvbuf;
-        c.sndbuf = sndbuf;
-        c.cc = cc;
-        c.iss = cookie;
-        c.snd_una = cookie;
+        let mut c = self.tcp_child(l, local, remote, cookie);
         c.snd_nxt = cookie.wrapping_add(1);
         c.irs = client_isn;
         c.rcv_nxt = seg.seq;
@@ -1089,11 +1089,7 @@ impl Stack {
         // The SYN-ACK advertised 65535 unscaled; that is the edge we offered.
         c.rcv_wnd = 65535;
         c.snd_wl1 = client_isn;
-        c.hashed = true;
-        let id = SocketId(self.socks.insert(Sock::Tcp(Box::new(c))));
-        self.tcp.ehash.insert((local, remote), id.0);
-        self.tcp_sock_mut(l).expect("listener").syn_q_len += 1;
-        self.snmp.tcp.passive_opens += 1;
+        let id = self.tcp_hash_child(l, c);
         // The ACK completes the handshake (and may carry data): process it as SYN_RECV.
         self.tcp_rcv_state_process(id, seg, skb);
         true

@@ -16,22 +16,29 @@ pub const MAX_RTO: Duration = Duration::from_secs(120);
 /// `TCP_DELACK_MIN`.
 pub const DELACK: Duration = Duration::from_millis(40);
 
+impl super::TcpSock {
+    /// The earliest of this socket's timers.
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
+        [
+            self.rto_timer,
+            self.delack_timer,
+            self.persist_timer,
+            self.tw_timer,
+            self.ka_timer,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
 impl Stack {
     /// The earliest TCP timer of any socket.
     pub(crate) fn tcp_poll_timeout(&self) -> Option<Instant> {
         self.socks
             .iter()
             .filter_map(|(_, s)| match s {
-                Sock::Tcp(t) => [
-                    t.rto_timer,
-                    t.delack_timer,
-                    t.persist_timer,
-                    t.tw_timer,
-                    t.ka_timer,
-                ]
-                .into_iter()
-                .flatten()
-                .min(),
+                Sock::Tcp(t) => t.next_timer(),
                 _ => None,
             })
             .min()
@@ -43,17 +50,7 @@ impl Stack {
             .socks
             .iter()
             .filter_map(|(k, s)| match s {
-                Sock::Tcp(t) => [
-                    t.rto_timer,
-                    t.delack_timer,
-                    t.persist_timer,
-                    t.tw_timer,
-                    t.ka_timer,
-                ]
-                .into_iter()
-                .flatten()
-                .any(|d| d <= now)
-                .then_some(k),
+                Sock::Tcp(t) => t.next_timer().is_some_and(|d| d <= now).then_some(k),
                 _ => None,
             })
             .collect();

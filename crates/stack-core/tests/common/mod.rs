@@ -142,3 +142,17 @@ pub fn learn_peer(s: &mut Stack) {
 pub fn answer_arp(s: &mut Stack, now: Instant) {
     s.netif_receive_skb(now, arp_frame(ArpOp::Reply, US_MAC, US_MAC, US));
 }
+
+/// Deterministic pseudo-random bytes (xorshift32), so a transfer's content is checked,
+/// not just its length.
+pub fn pattern(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 7) as u8
+        })
+        .collect()
+}
