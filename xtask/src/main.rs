@@ -28,7 +28,7 @@ enum Cmd {
     Demo,
     /// Build, run the unit tests, then the netns suite against the kernel (needs root).
     Test,
-    /// Compare ustack's ICMP echo rate and latency with the kernel's on a veth pair.
+    /// Compare ustack with the kernel on a veth pair: ICMP echo rate and latency, UDP echo rates.
     Bench,
 }
 
