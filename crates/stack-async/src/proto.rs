@@ -22,11 +22,18 @@ const BUDGET: usize = 64;
 /// from the core into its own receive queue.
 pub type ReadableFn = Box<dyn FnMut(&mut Stack) + Send>;
 
+/// Called for `Event::Readable(id)` and `Event::Writable(id)` (`sk_write_space`, or a
+/// connect that completed) of a socket registered in `StackCtx::ready`, with the time of
+/// this poll: TCP's calls take `now` (`tcp_recv` may send a window update, `tcp_send`
+/// transmits), which a `ReadableFn` does not get.
+pub(crate) type ReadyFn = Box<dyn FnMut(&mut Stack, Instant, Event) + Send>;
+
 /// What a command closure gets on the stack thread.
 pub(crate) struct StackCtx<'a> {
     pub stack: &'a mut Stack,
     pub now: Instant,
     pub readers: &'a mut HashMap<SocketId, ReadableFn>,
+    pub ready: &'a mut HashMap<SocketId, ReadyFn>,
 }
 
 pub(crate) type Job = Box<dyn FnOnce(&mut StackCtx<'_>) + Send>;
@@ -75,6 +82,7 @@ pub(crate) struct Protocol {
     tx_ring: mpsc::Sender<Skb>,
     commands: mpsc::Receiver<Command>,
     readers: HashMap<SocketId, ReadableFn>,
+    ready: HashMap<SocketId, ReadyFn>,
     timer: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -95,6 +103,7 @@ impl Protocol {
             tx_ring,
             commands,
             readers: HashMap::new(),
+            ready: HashMap::new(),
             timer: Box::pin(tokio::time::sleep_until(idle)),
         }
     }
@@ -127,6 +136,7 @@ impl Future for Protocol {
                         stack: &mut this.stack,
                         now,
                         readers: &mut this.readers,
+                        ready: &mut this.ready,
                     };
                     job(&mut ctx);
                 }
@@ -181,6 +191,13 @@ impl Future for Protocol {
                 Event::Readable(id) => {
                     if let Some(on_readable) = this.readers.get_mut(&id) {
                         on_readable(&mut this.stack);
+                    } else if let Some(on_ready) = this.ready.get_mut(&id) {
+                        on_ready(&mut this.stack, now, event);
+                    }
+                }
+                Event::Writable(id) => {
+                    if let Some(on_ready) = this.ready.get_mut(&id) {
+                        on_ready(&mut this.stack, now, event);
                     }
                 }
                 _ => {}
