@@ -191,6 +191,11 @@ fn handshake_transfer_both_ways_and_orderly_close() {
     );
     assert_eq!(snmp_a.tcp.active_opens, 1);
     assert_eq!(snmp_b.tcp.passive_opens, 1);
+    assert_eq!(
+        snmp_a.tcp.curr_estab + snmp_b.tcp.curr_estab,
+        0,
+        "neither side is established any more"
+    );
     // TIME_WAIT lasts 60 s, then the client socket is freed too.
     net.run(net.now + Duration::from_secs(61));
     assert_eq!(net.a.socket_count(), 0);

@@ -96,10 +96,16 @@ impl Stack {
             return;
         }
         s.fin_queued = true;
+        let was_established = matches!(s.state, TcpState::Established | TcpState::CloseWait);
         s.state = match s.state {
             TcpState::CloseWait => TcpState::LastAck,
             _ => TcpState::FinWait1,
         };
+        // Leaving ESTABLISHED / CLOSE_WAIT: no longer in CurrEstab (tcp_set_closed only
+        // counts sockets still in those states, so an orderly close is counted here).
+        if was_established {
+            self.snmp.tcp.curr_estab = self.snmp.tcp.curr_estab.saturating_sub(1);
+        }
         self.tcp_queue_control(id, false, true);
         self.tcp_write_xmit(id);
     }
