@@ -21,6 +21,7 @@ use std::thread::{self, JoinHandle, ThreadId};
 
 use futures::channel::{mpsc, oneshot};
 use futures::SinkExt;
+use stack_core::impair::{ImpairConfig, Impairment};
 use stack_core::stack::{SocketId, Stack, StackConfig};
 use stack_core::Instant;
 use stack_io::{run_device, DeviceConfig, IoStats, IoStatsSnapshot, Tap};
@@ -71,6 +72,14 @@ impl fmt::Debug for StackHandle {
     }
 }
 
+/// How to run a stack, beyond its address.
+#[derive(Clone, Debug, Default)]
+pub struct StackOptions {
+    /// Impair the link in both directions (loss, duplication, reordering, corruption,
+    /// delay, rate), seeded: the stand-in for netem, which this kernel lacks.
+    pub impair: Option<ImpairConfig>,
+}
+
 impl StackHandle {
     /// Attach to the TAP device `tap_name` and start the stack on a new thread.
     ///
@@ -80,6 +89,16 @@ impl StackHandle {
     /// reason. It also waits (up to a second) for the kernel to consider the link
     /// running, so the kernel's first frames to us are not dropped on its side.
     pub fn spawn(tap_name: &str, config: StackConfig, seed: u64) -> io::Result<StackHandle> {
+        Self::spawn_with(tap_name, config, seed, StackOptions::default())
+    }
+
+    /// [`StackHandle::spawn`] with options (an impaired link, for testing under loss).
+    pub fn spawn_with(
+        tap_name: &str,
+        config: StackConfig,
+        seed: u64,
+        options: StackOptions,
+    ) -> io::Result<StackHandle> {
         let tap = Tap::attach(tap_name)?;
         let ifindex = tap.ifindex();
         // So that the kernel's first frames towards us are not dropped on its side.
@@ -107,7 +126,9 @@ impl StackHandle {
         let thread_stats = stats.clone();
         let thread = thread::Builder::new()
             .name(THREAD_NAME.to_owned())
-            .spawn(move || stack_thread(tap, config, seed, cmd_rx, thread_stats, ready_tx))?;
+            .spawn(move || {
+                stack_thread(tap, config, seed, options, cmd_rx, thread_stats, ready_tx)
+            })?;
         let thread_id = thread.thread().id();
 
         match ready_rx.recv() {
@@ -297,6 +318,7 @@ fn stack_thread(
     tap: Tap,
     config: StackConfig,
     seed: u64,
+    options: StackOptions,
     commands: mpsc::Receiver<Command>,
     stats: Arc<IoStats>,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
@@ -335,7 +357,14 @@ fn stack_thread(
 
         // Ends when the handles are gone or the device loop ended; dropping it closes
         // the TX ring, which ends the device loop in turn.
-        let exit = Protocol::new(stack, clock, rx_rx, tx_tx, commands).await;
+        let mut protocol = Protocol::new(stack, clock, rx_rx, tx_tx, commands);
+        if let Some(cfg) = options.impair {
+            // Independent streams per direction from one seed.
+            let mut tx_cfg = cfg.clone();
+            tx_cfg.seed ^= 0x7478_5f69_6d70_6169;
+            protocol = protocol.with_impairment(Impairment::new(cfg), Impairment::new(tx_cfg));
+        }
+        let exit = protocol.await;
         let device_result = match device.await {
             Ok(r) => r,
             Err(e) => Err(io::Error::other(format!(

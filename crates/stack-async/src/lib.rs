@@ -16,9 +16,10 @@ mod proto;
 pub mod tcp;
 pub mod udp;
 
-pub use handle::{StackHandle, COMMAND_QUEUE, RX_RING, TX_RING};
+pub use handle::{StackHandle, StackOptions, COMMAND_QUEUE, RX_RING, TX_RING};
 pub use ping::PingSocket;
 pub use proto::ReadableFn;
+pub use stack_core::impair::ImpairConfig;
 pub use stack_core::ping::{PingMsg, PingMsgKind};
 pub use stack_core::tcp::CongestionControl;
 pub use stack_io::IoStatsSnapshot;

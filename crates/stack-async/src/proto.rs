@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{Sink, StreamExt};
+use stack_core::impair::Impairment;
 use stack_core::stack::{Event, SocketId, Stack};
 use stack_core::{Instant, Skb};
 
@@ -84,6 +85,9 @@ pub(crate) struct Protocol {
     readers: HashMap<SocketId, ReadableFn>,
     ready: HashMap<SocketId, ReadyFn>,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// The seeded impairment layer (`ustack host --impair`), one per direction: this
+    /// kernel has no netem, so lossy links are made here, between the wire and the core.
+    impair: Option<Box<(Impairment, Impairment)>>,
 }
 
 impl Protocol {
@@ -105,7 +109,26 @@ impl Protocol {
             readers: HashMap::new(),
             ready: HashMap::new(),
             timer: Box::pin(tokio::time::sleep_until(idle)),
+            impair: None,
         }
+    }
+
+    /// Impair frames in both directions: `rx` between the device and the core, `tx`
+    /// between the core and the device.
+    pub fn with_impairment(mut self, rx: Impairment, tx: Impairment) -> Protocol {
+        self.impair = Some(Box::new((rx, tx)));
+        self
+    }
+
+    /// The earliest of the core's and the impairment queues' deadlines.
+    fn next_deadline(&self) -> Option<Instant> {
+        let imp = self.impair.as_ref().and_then(|i| {
+            [i.0.poll_timeout(), i.1.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+        });
+        [self.stack.poll_timeout(), imp].into_iter().flatten().min()
     }
 }
 
@@ -151,7 +174,10 @@ impl Future for Protocol {
             match this.rx_ring.poll_next_unpin(cx) {
                 Poll::Ready(Some(mut skb)) => {
                     skb.tstamp = now;
-                    this.stack.netif_receive_skb(now, skb);
+                    match this.impair.as_mut() {
+                        Some(imp) => imp.0.push(now, skb),
+                        None => this.stack.netif_receive_skb(now, skb),
+                    }
                 }
                 Poll::Ready(None) => return Poll::Ready(Exit::Device),
                 Poll::Pending => break,
@@ -159,15 +185,33 @@ impl Future for Protocol {
             again |= n == BUDGET;
         }
 
+        // Impaired received frames whose (delayed, reordered) time has come.
+        if let Some(imp) = this.impair.as_mut() {
+            while let Some(skb) = imp.0.poll(now) {
+                this.stack.netif_receive_skb(now, skb);
+            }
+        }
+
         // Timers: run what is due, then arm the sleep for the next deadline.
         let mut fired = 0;
-        while let Some(deadline) = this.stack.poll_timeout() {
+        while let Some(deadline) = this.next_deadline() {
             if deadline <= now {
                 if fired == BUDGET {
                     again = true;
                     break;
                 }
-                this.stack.handle_timeout(now);
+                if this.stack.poll_timeout().is_some_and(|t| t <= now) {
+                    this.stack.handle_timeout(now);
+                } else if let Some(imp) = this.impair.as_mut() {
+                    while let Some(skb) = imp.0.poll(now) {
+                        this.stack.netif_receive_skb(now, skb);
+                    }
+                    // TX frames due now are moved below, with the ring's room.
+                    if imp.1.poll_timeout().is_some_and(|t| t <= now) {
+                        again = true;
+                        break;
+                    }
+                }
                 fired += 1;
                 continue;
             }
@@ -208,10 +252,21 @@ impl Future for Protocol {
         // full we stop pulling and the rest wait in the core's queue, as a driver's
         // `netif_stop_queue` holds packets in the qdisc; `poll_ready` has registered
         // us to be woken when the device frees a slot.
+        if let Some(imp) = this.impair.as_mut() {
+            // Impaired path: everything the core sends enters the TX impairment (which
+            // is bounded and counts its own overflow), and what is due leaves for the
+            // ring below.
+            while let Some(skb) = this.stack.poll_transmit(now) {
+                imp.1.push(now, skb);
+            }
+        }
         let mut tx = Pin::new(&mut this.tx_ring);
         loop {
             match tx.as_mut().poll_ready(cx) {
-                Poll::Ready(Ok(())) => match this.stack.poll_transmit(now) {
+                Poll::Ready(Ok(())) => match match this.impair.as_mut() {
+                    Some(imp) => imp.1.poll(now),
+                    None => this.stack.poll_transmit(now),
+                } {
                     Some(skb) => {
                         if tx.as_mut().start_send(skb).is_err() {
                             return Poll::Ready(Exit::Device);
@@ -333,6 +388,53 @@ mod tests {
             // Closing the command channel ends the task.
             drop(commands);
             assert_eq!(task.await.unwrap(), Exit::Handles);
+        });
+    }
+
+    /// `--impair`: frames pass the seeded impairment layer both ways, here a 50 ms
+    /// delay each way and then total loss on a second run.
+    #[test]
+    fn impairment_sits_between_the_device_and_the_core() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            for (spec, answered) in [("delay=50ms,seed=1", true), ("loss=100%,seed=1", false)] {
+                let cfg: stack_core::impair::ImpairConfig = spec.parse().unwrap();
+                let clock = Clock::start();
+                let stack = Stack::new(
+                    StackConfig::new(MacAddr(OUR_MAC), OUR_IP, 24),
+                    clock.now(),
+                    1,
+                );
+                let (mut rx_in, rx_ring) = mpsc::channel(16);
+                let (tx_ring, mut tx_out) = mpsc::channel(16);
+                let (commands, command_rx) = mpsc::channel(16);
+                let protocol = Protocol::new(stack, clock, rx_ring, tx_ring, command_rx)
+                    .with_impairment(Impairment::new(cfg.clone()), Impairment::new(cfg));
+                let task = tokio::task::spawn_local(protocol);
+                let t0 = std::time::Instant::now();
+                rx_in.send(arp_request_from_peer()).await.unwrap();
+                // Our gratuitous ARP, then the reply (opcode 2), each delayed or lost.
+                let mut reply_after = None;
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(400);
+                while let Ok(Some(skb)) = tokio::time::timeout_at(deadline, tx_out.next()).await {
+                    let f = skb.data();
+                    if f.len() >= 22 && f[12..14] == [0x08, 0x06] && f[21] == 2 {
+                        reply_after = Some(t0.elapsed());
+                        break;
+                    }
+                }
+                match (answered, reply_after) {
+                    (true, Some(t)) => assert!(t >= Duration::from_millis(100), "{spec}: {t:?}"),
+                    (false, None) => {}
+                    (want, got) => panic!("{spec}: answered {want}, got {got:?}"),
+                }
+                drop(commands);
+                assert_eq!(task.await.unwrap(), Exit::Handles);
+            }
         });
     }
 
