@@ -462,17 +462,21 @@ impl Stack {
         let cur_right = s.rcv_wup.wrapping_add(s.rcv_wnd);
         let cur = cur_right.wrapping_sub(s.rcv_nxt);
         let cur = if seq_lt(cur_right, s.rcv_nxt) { 0 } else { cur };
-        let mut win = free.min(max);
+        // The scaled field loses the low bits: a new window is rounded down, so what we
+        // say we can take is never more than we can...
+        let unit = 1u32 << s.rcv_wscale;
+        let mut win = free.min(max) & !(unit - 1);
         let sws = (s.rcvbuf as u32 / 2).min(u32::from(s.mss));
         if win < sws {
             win = 0;
         }
         if win < cur {
-            win = cur;
+            // ...but the edge already offered is kept, rounded up (Linux's ALIGN in
+            // tcp_select_window): rounding it down would move the right edge left, and
+            // the peer may have sent up to it already. `cur` is at most `max`, a multiple
+            // of `unit`, so this stays within it.
+            win = cur.div_ceil(unit) * unit;
         }
-        // The scaled field loses the low bits: round down, so what we say we can take is
-        // never more than we can.
-        win &= !((1u32 << s.rcv_wscale) - 1);
         s.rcv_wnd = win;
         s.rcv_wup = s.rcv_nxt;
         win
@@ -494,6 +498,39 @@ impl Stack {
         let step = (2 * usize::from(s.mss)).min(s.rcvbuf / 2);
         if free >= left + step {
             self.tcp_send_ack(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::TcpSock;
+    use crate::stack::Stack;
+    use crate::time::Instant;
+
+    /// RFC 9293 3.8.6.2.2: the right edge offered never moves left, also when the window
+    /// scale's rounding would take a few bytes off it (with a scale of 5, a window kept
+    /// at 99948 bytes must not be sent as 99936).
+    #[test]
+    fn the_right_edge_never_moves_left_under_window_scaling() {
+        let mut s = TcpSock::new(Instant::ZERO);
+        s.rcv_wscale = 5;
+        s.rcvbuf = 99_968;
+        s.mss = 1448;
+        let first = Stack::tcp_select_window(&mut s);
+        assert_eq!(first, 99_968);
+        let right = s.rcv_nxt.wrapping_add(first);
+        // 20 bytes arrive and the application reads nothing.
+        for step in 1..=100u32 {
+            s.rcv_nxt = s.rcv_nxt.wrapping_add(20);
+            s.rcvq_bytes += 20;
+            let win = Stack::tcp_select_window(&mut s);
+            assert_eq!(win % 32, 0, "step {step}: representable with the scale");
+            assert!(
+                s.rcv_nxt.wrapping_add(win) >= right,
+                "step {step}: right edge {} moved left of {right}",
+                s.rcv_nxt.wrapping_add(win)
+            );
         }
     }
 }
