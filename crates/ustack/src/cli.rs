@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Attach to a TAP device and answer ARP, ping, UDP echo (port 7) and discard
-    /// (port 9) until SIGINT/SIGTERM.
+    /// (port 9), and TCP echo (7), discard (9) and chargen (19) until SIGINT/SIGTERM.
     Host(HostArgs),
     /// Send ICMP echo requests from ustack, like ping(8).
     Ping(PingArgs),
@@ -60,6 +60,15 @@ pub struct HostArgs {
     /// Do not run the UDP discard service (RFC 863) on port 9.
     #[arg(long)]
     pub no_udp_discard: bool,
+    /// Do not run the TCP echo service (RFC 862) on port 7.
+    #[arg(long)]
+    pub no_tcp_echo: bool,
+    /// Do not run the TCP discard service (RFC 863) on port 9.
+    #[arg(long)]
+    pub no_tcp_discard: bool,
+    /// Do not run the TCP character generator (RFC 864) on port 19.
+    #[arg(long)]
+    pub no_tcp_chargen: bool,
 }
 
 #[derive(Args, Debug)]
@@ -218,5 +227,23 @@ mod tests {
         assert_eq!(host(&[]), (false, false));
         assert_eq!(host(&["--no-udp-echo"]), (true, false));
         assert_eq!(host(&["--no-udp-discard", "--no-udp-echo"]), (true, true));
+    }
+
+    #[test]
+    fn tcp_services_are_on_unless_turned_off() {
+        let host = |extra: &[&str]| {
+            let mut args = vec!["ustack", "host", "--tap", "t0", "--addr", "192.0.2.2/24"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).unwrap().command {
+                Command::Host(h) => (h.no_tcp_echo, h.no_tcp_discard, h.no_tcp_chargen),
+                _ => panic!("host expected"),
+            }
+        };
+        assert_eq!(host(&[]), (false, false, false));
+        assert_eq!(host(&["--no-tcp-echo"]), (true, false, false));
+        assert_eq!(
+            host(&["--no-tcp-chargen", "--no-tcp-discard"]),
+            (false, true, true)
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! `ustack`: run a userspace TCP/IP host on a TAP device.
 //!
-//! `ustack host` answers ARP and ping, runs UDP echo and discard (see `services`) until
-//! SIGINT/SIGTERM and prints its counters on the way out; `ustack ping` sends echo
-//! requests from our stack like ping(8).
+//! `ustack host` answers ARP and ping, runs UDP echo and discard and TCP echo, discard
+//! and chargen (see `services`) until SIGINT/SIGTERM and prints its counters on the way
+//! out; `ustack ping` sends echo requests from our stack like ping(8).
 
 mod cli;
 mod ping;
@@ -75,6 +75,19 @@ async fn host(args: HostArgs) -> ExitCode {
         Ok(running) => eprintln!("ustack: {running}"),
         Err(e) => {
             eprintln!("ustack: cannot start the UDP services: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let tcp = services::TcpServices {
+        echo: !args.no_tcp_echo,
+        discard: !args.no_tcp_discard,
+        chargen: !args.no_tcp_chargen,
+    };
+    match services::start_tcp(&handle, tcp).await {
+        Ok(running) if running.is_empty() => {}
+        Ok(running) => eprintln!("ustack: {running}"),
+        Err(e) => {
+            eprintln!("ustack: cannot start the TCP services: {e}");
             return ExitCode::from(1);
         }
     }
