@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use clap::{Args, Parser, Subcommand};
-use stack_async::StackHandle;
+use stack_async::{ImpairConfig, StackHandle, StackOptions};
 use stack_core::wire::MacAddr;
 use stack_core::StackConfig;
 
@@ -48,6 +48,10 @@ pub struct LinkArgs {
     /// Seed for the stack's randomness (default: from the OS).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Impair the link both ways, like netem (which this kernel lacks), e.g.
+    /// loss=5%,dup=2%,reorder=5%,corrupt=0.5%,delay=1ms,jitter=200us,rate=100mbit,seed=7
+    #[arg(long, value_parser = parse_impair)]
+    pub impair: Option<ImpairConfig>,
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +118,10 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((addr, len))
 }
 
+pub fn parse_impair(s: &str) -> Result<ImpairConfig, String> {
+    s.parse::<ImpairConfig>().map_err(|e| e.to_string())
+}
+
 pub fn parse_mac(s: &str) -> Result<MacAddr, String> {
     let mac: MacAddr = s
         .parse()
@@ -138,10 +146,14 @@ impl LinkArgs {
     pub fn spawn(&self) -> Result<(StackHandle, StackConfig), String> {
         let config = self.config();
         let seed = self.seed.unwrap_or_else(os_seed);
-        let handle = StackHandle::spawn(&self.tap, config.clone(), seed).map_err(|e| {
-            let msg = e.to_string();
-            msg.strip_prefix("ustack: ").unwrap_or(&msg).to_string()
-        })?;
+        let options = StackOptions {
+            impair: self.impair.clone(),
+        };
+        let handle =
+            StackHandle::spawn_with(&self.tap, config.clone(), seed, options).map_err(|e| {
+                let msg = e.to_string();
+                msg.strip_prefix("ustack: ").unwrap_or(&msg).to_string()
+            })?;
         Ok((handle, config))
     }
 }
@@ -195,6 +207,13 @@ mod tests {
         assert!(parse_cidr("224.0.0.1/4").is_err());
         assert!(parse_mac("01:00:5e:00:00:01").is_err());
         assert!(parse_mac("02:00:00:00:00:01").is_ok());
+        let imp = parse_impair("loss=5%,dup=2%,reorder=5%,seed=7").unwrap();
+        assert_eq!(
+            (imp.loss, imp.dup, imp.reorder, imp.seed),
+            (0.05, 0.02, 0.05, 7)
+        );
+        assert!(parse_impair("loss=5").is_err(), "units are required");
+        assert!(parse_impair("lost=5%").is_err());
     }
 
     #[test]

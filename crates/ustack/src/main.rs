@@ -66,6 +66,9 @@ async fn host(args: HostArgs) -> ExitCode {
         "ustack: host {}/{} ({}) on {}",
         config.addr, config.prefix_len, config.mac, args.link.tap
     );
+    if let Some(imp) = &args.link.impair {
+        eprintln!("ustack: link impaired both ways: {imp:?}");
+    }
     let which = services::Services {
         udp_echo: !args.no_udp_echo,
         udp_discard: !args.no_udp_discard,
