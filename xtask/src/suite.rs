@@ -9,13 +9,14 @@ use crate::deps::ensure_packages;
 use crate::util::{self, cargo, check_interrupt, run_inherited, step, Result};
 
 /// What the netns tests run: ip, ping, scapy (bad-input frames), tcpdump (to capture when
-/// diagnosing), sysctl.
+/// diagnosing), sysctl, curl (the HTTP test, as a client we did not write).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "python3-scapy",
     "tcpdump",
     "procps",
+    "curl",
 ];
 
 pub fn run() -> Result {
