@@ -21,7 +21,7 @@ pub use ping::PingSocket;
 pub use proto::ReadableFn;
 pub use stack_core::impair::ImpairConfig;
 pub use stack_core::ping::{PingMsg, PingMsgKind};
-pub use stack_core::tcp::CongestionControl;
+pub use stack_core::tcp::{CongestionControl, Keepalive};
 pub use stack_io::IoStatsSnapshot;
 pub use tcp::{TcpListener, TcpSocket, TcpStream, TCP_RECV_RING, TCP_SEND_RING};
 pub use udp::{UdpOptions, UdpSocket, UDP_RECV_QUEUE, UDP_RECV_QUEUE_BYTES};

@@ -54,7 +54,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use stack_core::stack::{Event, SocketId, Stack};
-use stack_core::tcp::{CongestionControl, Shutdown, TcpState, DEFAULT_RCVBUF, DEFAULT_SNDBUF};
+use stack_core::tcp::{
+    CongestionControl, Keepalive, Shutdown, TcpState, DEFAULT_RCVBUF, DEFAULT_SNDBUF,
+};
 use stack_core::{Instant, SendError};
 use tokio::io::ReadBuf;
 
@@ -1550,6 +1552,7 @@ struct SockOpts {
     sndbuf: Option<usize>,
     rcvbuf: Option<usize>,
     congestion: Option<CongestionControl>,
+    keepalive: Option<Keepalive>,
 }
 
 impl SockOpts {
@@ -1560,6 +1563,9 @@ impl SockOpts {
         stack.tcp_set_buffers(id, self.sndbuf, self.rcvbuf)?;
         if let Some(cc) = self.congestion {
             stack.tcp_set_congestion(id, cc)?;
+        }
+        if self.keepalive.is_some() {
+            stack.tcp_set_keepalive(id, self.keepalive)?;
         }
         Ok(())
     }
@@ -1703,6 +1709,25 @@ impl TcpSocket {
 
     pub fn congestion(&self) -> io::Result<CongestionControl> {
         Ok(lock(&self.opts).congestion.unwrap_or_default())
+    }
+
+    /// SO_KEEPALIVE with Linux's defaults (2 h idle, then 9 probes 75 s apart: RFC 1122
+    /// 4.2.3.6); a dead peer then ends the connection with `TimedOut`. A listener's
+    /// connections inherit it.
+    pub fn set_keepalive(&self, on: bool) -> io::Result<()> {
+        self.set_keepalive_params(on.then(Keepalive::default))
+    }
+
+    /// SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT (`None`: off).
+    pub fn set_keepalive_params(&self, ka: Option<Keepalive>) -> io::Result<()> {
+        self.set(
+            |o| o.keepalive = ka,
+            move |s, id| s.tcp_set_keepalive(id, ka),
+        )
+    }
+
+    pub fn keepalive(&self) -> io::Result<bool> {
+        Ok(lock(&self.opts).keepalive.is_some())
     }
 
     /// Bind to `addr` (port 0: an ephemeral port). `AddrInUse` if the port is taken (see
