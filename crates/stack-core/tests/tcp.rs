@@ -641,3 +641,44 @@ fn three_duplicate_acks_trigger_fast_retransmit() {
     assert_eq!(a.tcp.retrans_segs, 1);
     assert_eq!(a.tcp_ext.tcp_sack_recovery + a.tcp_ext.tcp_reno_recovery, 1);
 }
+
+#[test]
+fn time_wait_four_tuple_is_reused_safely_by_a_new_connection() {
+    let mut net = Net::new();
+    let l = net.b.tcp_socket();
+    net.b
+        .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
+        .unwrap();
+    net.b.tcp_listen(l, 16).unwrap();
+    let port = 40000;
+    let open = |net: &mut Net| {
+        let c = net.a.tcp_socket();
+        net.a.tcp_set_reuseaddr(c, true).unwrap();
+        net.a.tcp_bind(c, SocketAddrV4::new(A, port)).unwrap();
+        (c, net.a.tcp_connect(net.now, c, SocketAddrV4::new(B, 80)))
+    };
+    let (c, r) = open(&mut net);
+    r.unwrap();
+    net.settle();
+    let (s, _) = net.b.tcp_accept(l).unwrap().unwrap();
+    // The client closes first and keeps the 4-tuple in TIME_WAIT.
+    net.a.tcp_close(net.now, c);
+    net.settle();
+    net.b.tcp_close(net.now, s);
+    net.settle();
+    assert_eq!(net.a.tcp_state(c), Some(TcpState::TimeWait));
+    // Within the first second the 4-tuple is still taken.
+    let (c2, r) = open(&mut net);
+    assert_eq!(r, Err(SendError::AddrInUse));
+    net.a.tcp_close(net.now, c2);
+    // After a second, with timestamps in use, a new connection may take it over.
+    let later = net.now + Duration::from_secs(2);
+    net.run(later);
+    net.now = net.now.max(later);
+    let (c3, r) = open(&mut net);
+    r.unwrap();
+    net.settle();
+    assert_eq!(net.a.tcp_state(c3), Some(TcpState::Established));
+    assert_eq!(net.a.tcp_state(c), None, "the TIME_WAIT socket gave way");
+    assert!(net.b.tcp_accept(l).unwrap().is_some());
+}

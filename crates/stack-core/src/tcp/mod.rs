@@ -592,11 +592,10 @@ impl Stack {
                     // Not bound by anyone for listening or explicitly, and the 4-tuple
                     // unused.
                     let bound_explicitly = self.tcp.bhash.get(&port).is_some_and(|v| !v.is_empty());
+                    let key = (SocketAddrV4::new(src, port), r);
                     !bound_explicitly
-                        && !self
-                            .tcp
-                            .ehash
-                            .contains_key(&(SocketAddrV4::new(src, port), r))
+                        && (!self.tcp.ehash.contains_key(&key)
+                            || self.tcp_tw_reusable(key).is_some())
                 }
             };
             if free {
@@ -604,6 +603,19 @@ impl Stack {
             }
         }
         Err(SendError::AddrNotAvailable)
+    }
+
+    /// `tcp_twsk_unique`: a TIME_WAIT connection on `key` may be taken over by a new
+    /// outgoing one once it has waited a second and used timestamps: the peer's PAWS
+    /// then tells the new connection's segments from the old one's (RFC 6191, Linux's
+    /// `tcp_tw_reuse`). Returns the TIME_WAIT socket and the lowest safe new ISN.
+    fn tcp_tw_reusable(&self, key: (SocketAddrV4, SocketAddrV4)) -> Option<(SocketId, u32)> {
+        let &k = self.tcp.ehash.get(&key)?;
+        let s = self.tcp_sock(SocketId(k))?;
+        // The timer fires TIME_WAIT_LEN after entry: a second in means now + LEN >= fire + 1 s.
+        let old_enough = self.now + TIME_WAIT_LEN >= s.tw_timer? + Duration::from_secs(1);
+        (s.state == TcpState::TimeWait && s.ts_ok && old_enough)
+            .then(|| (SocketId(k), s.snd_nxt.wrapping_add(65535 + 2)))
     }
 
     /// `inet_listen`.
@@ -679,7 +691,9 @@ impl Stack {
                     *l.ip()
                 };
                 let local = SocketAddrV4::new(src, l.port());
-                if self.tcp.ehash.contains_key(&(local, peer)) {
+                if self.tcp.ehash.contains_key(&(local, peer))
+                    && self.tcp_tw_reusable((local, peer)).is_none()
+                {
                     return Err(SendError::AddrInUse);
                 }
                 local
@@ -689,7 +703,16 @@ impl Stack {
                 SocketAddrV4::new(rt.src, port)
             }
         };
-        let iss = self.tcp_isn(local, peer);
+        let mut iss = self.tcp_isn(local, peer);
+        if let Some((tw, floor)) = self.tcp_tw_reusable((local, peer)) {
+            // Take the 4-tuple over from TIME_WAIT, starting beyond the old connection's
+            // sequence space so its stray segments cannot be mistaken for ours.
+            self.tcp_set_closed(tw);
+            self.tcp_reap(tw);
+            if seq_lt(iss, floor) {
+                iss = floor;
+            }
+        }
         let mss = (rt.mtu.saturating_sub(40)).min(usize::from(u16::MAX)) as u16;
         let s = self.tcp_sock_mut(id).expect("checked");
         s.local = Some(local);
