@@ -682,3 +682,41 @@ fn time_wait_four_tuple_is_reused_safely_by_a_new_connection() {
     assert_eq!(net.a.tcp_state(c), None, "the TIME_WAIT socket gave way");
     assert!(net.b.tcp_accept(l).unwrap().is_some());
 }
+
+#[test]
+fn a_lone_segment_is_acked_after_the_40ms_delayed_ack() {
+    use stack_core::wire::ethernet::EthernetFrame;
+    use stack_core::wire::ipv4::Ipv4Packet;
+    use stack_core::wire::tcp::TcpPacket;
+    let mut net = Net::new();
+    let (c, s) = connected(&mut net);
+    // Leave quick-ACK mode (the first 16 segments are ACKed at once).
+    let warm = pattern(100_000, 1);
+    assert_eq!(transfer(&mut net, true, c, s, &warm), warm);
+    // Let a delayed ACK still owed for the warm-up go out first.
+    let quiet = net.now + Duration::from_millis(100);
+    net.run(quiet);
+    net.now = net.now.max(quiet);
+    net.a.tcp_set_nodelay(c, true).unwrap();
+    net.a.tcp_send(net.now, c, b"one").unwrap();
+    let t0 = net.now;
+    while let Some(f) = net.a.poll_transmit(net.now) {
+        net.b.netif_receive_skb(net.now, f);
+    }
+    let is_tcp = |f: &stack_core::Skb| {
+        let e = EthernetFrame::new_checked(f.data()).unwrap();
+        Ipv4Packet::new_checked(e.payload())
+            .ok()
+            .is_some_and(|ip| TcpPacket::new_checked(ip.payload()).is_ok())
+    };
+    assert!(
+        net.b.poll_transmit(net.now).filter(is_tcp).is_none(),
+        "no immediate ACK"
+    );
+    let due = net.b.poll_timeout().expect("delayed-ACK timer armed");
+    assert_eq!(due - t0, Duration::from_millis(40));
+    net.now = due;
+    net.b.handle_timeout(due);
+    let ack = net.b.poll_transmit(due).expect("the delayed ACK");
+    assert!(is_tcp(&ack));
+}
