@@ -720,3 +720,28 @@ fn a_lone_segment_is_acked_after_the_40ms_delayed_ack() {
     let ack = net.b.poll_transmit(due).expect("the delayed ACK");
     assert!(is_tcp(&ack));
 }
+
+#[test]
+fn an_unanswered_connect_times_out_after_the_syn_retries() {
+    let mut net = Net::new();
+    net.drop = Box::new(|_, _| true);
+    let c = net.a.tcp_socket();
+    net.a
+        .tcp_connect(net.now, c, SocketAddrV4::new(B, 80))
+        .unwrap();
+    let t0 = net.now;
+    while net.a.tcp_state(c) == Some(TcpState::SynSent) && net.now - t0 < Duration::from_secs(600) {
+        let step = net.now + Duration::from_secs(1);
+        net.run(step);
+        net.now = net.now.max(step);
+    }
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        net.a.tcp_recv(net.now, c, &mut buf, false),
+        Err(SendError::TimedOut)
+    );
+    // 1 s initial RTO doubling over 6 retries: 1+2+4+8+16+32+64 = 127 s (tcp_syn_retries).
+    let took = (net.now - t0).as_secs();
+    assert!((127..=128).contains(&took), "{took} s");
+    assert_eq!(net.a.snmp().tcp.attempt_fails, 1);
+}
