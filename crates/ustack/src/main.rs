@@ -1,10 +1,12 @@
 //! `ustack`: run a userspace TCP/IP host on a TAP device.
 //!
-//! `ustack host` answers ARP and ping, runs UDP echo and discard and TCP echo, discard
-//! and chargen (see `services`) until SIGINT/SIGTERM and prints its counters on the way
-//! out; `ustack ping` sends echo requests from our stack like ping(8).
+//! `ustack host` answers ARP and ping, runs UDP echo and discard, TCP echo, discard and
+//! chargen (see `services`) and HTTP on port 80 (see `http`) until SIGINT/SIGTERM and
+//! prints its counters on the way out; `ustack ping` sends echo requests from our stack
+//! like ping(8).
 
 mod cli;
+mod http;
 mod ping;
 mod services;
 
@@ -92,6 +94,15 @@ async fn host(args: HostArgs) -> ExitCode {
         Err(e) => {
             eprintln!("ustack: cannot start the TCP services: {e}");
             return ExitCode::from(1);
+        }
+    }
+    if !args.no_http {
+        match http::start(&handle).await {
+            Ok(running) => eprintln!("ustack: {running}"),
+            Err(e) => {
+                eprintln!("ustack: cannot start HTTP: {e}");
+                return ExitCode::from(1);
+            }
         }
     }
     if let Err(e) = wait_for_signal().await {

@@ -97,8 +97,8 @@ fn any(port: u16) -> SocketAddrV4 {
 }
 
 /// Accept connections until the stack stops, each served by `handler` on a task of its
-/// own, so one slow client never holds up another.
-async fn serve<F, Fut>(listener: TcpListener, name: &'static str, handler: F)
+/// own, so one slow client never holds up another. HTTP (`http.rs`) uses it too.
+pub(crate) async fn serve<F, Fut>(listener: TcpListener, name: &'static str, handler: F)
 where
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = io::Result<()>> + Send + 'static,
