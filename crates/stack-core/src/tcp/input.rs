@@ -19,6 +19,9 @@ use crate::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
 /// (Linux's `tcp_challenge_ack_limit` is global; per socket is stricter on no one).
 const CHALLENGE_ACK_LIMIT: u32 = 100;
 
+/// Linux's `tcp_invalid_ratelimit`.
+const OOW_RATELIMIT: Duration = Duration::from_millis(500);
+
 impl Stack {
     /// `tcp_v4_rcv`: `data` at the TCP header, network header set.
     #[tracing::instrument(level = "trace", name = "tcp_v4_rcv", skip_all)]
@@ -241,6 +244,22 @@ impl Stack {
         }
     }
 
+    /// `tcp_oow_rate_limited` (`tcp_invalid_ratelimit`, 500 ms): may we answer another
+    /// out-of-window bare ACK on this socket now?
+    fn tcp_oow_allowed(&mut self, id: SocketId) -> bool {
+        let now = self.now;
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return false;
+        };
+        match s.last_oow_ack {
+            Some(t) if now.saturating_duration_since(t) < OOW_RATELIMIT => false,
+            _ => {
+                s.last_oow_ack = Some(now);
+                true
+            }
+        }
+    }
+
     /// RFC 5961 section 7: a challenge ACK, rate limited.
     fn tcp_send_challenge_ack(&mut self, id: SocketId) {
         let now = self.now;
@@ -393,7 +412,21 @@ impl Stack {
                 || (seq_lt(seg.seq, s.rcv_nxt) && seq_gt(seg_end, s.rcv_nxt))
         };
         if !acceptable {
-            if !f.contains(TcpFlags::RST) {
+            if f.contains(TcpFlags::RST) {
+                return;
+            }
+            if f.contains(TcpFlags::SYN) {
+                // RFC 5961 4.2: a SYN is challenged whatever its sequence number, and
+                // the challenge is counted and rate limited (Linux's syn_challenge).
+                self.snmp.tcp.in_errs += 1;
+                self.tcp_send_challenge_ack(id);
+                return;
+            }
+            // RFC 9293 3.10.7.4: an unacceptable segment is answered with an ACK. Data
+            // (a retransmission we already have) is answered at once; a bare ACK out of
+            // the window at most every 500 ms (`tcp_oow_rate_limited`), so a stream of
+            // forged ACKs cannot make us send one for each.
+            if seg_len > 0 || f.contains(TcpFlags::FIN) || self.tcp_oow_allowed(id) {
                 self.tcp_send_ack(id);
             }
             return;

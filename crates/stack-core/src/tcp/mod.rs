@@ -216,6 +216,8 @@ pub(crate) struct TcpSock {
     pub linger_zero: bool,
     /// RFC 5961 challenge ACK rate limit: (window start, count).
     pub challenge: (Instant, u32),
+    /// When the last ACK to an out-of-window bare ACK went out.
+    pub last_oow_ack: Option<Instant>,
 }
 
 impl TcpSock {
@@ -294,6 +296,7 @@ impl TcpSock {
             orphan: false,
             linger_zero: false,
             challenge: (now, 0),
+            last_oow_ack: None,
         }
     }
 

@@ -88,7 +88,15 @@ impl Stack {
 /// options (bit 5: present, bit 4: SACK, bits 0-3: window scale or 15 for none).
 pub fn cookie_init_timestamp(ts_now: u32, opts: CookieOpts) -> u32 {
     let ws = u32::from(opts.wscale.map_or(15, |w| w.min(14)));
-    (ts_now & !0x3f) | 0x20 | (u32::from(opts.sack) << 4) | ws
+    let ts = (ts_now & !0x3f) | 0x20 | (u32::from(opts.sack) << 4) | ws;
+    // The low bits may put it ahead of the clock; the connection's later timestamps come
+    // from the clock, and a peer's PAWS would drop them as older. Step back one period
+    // so it never runs ahead (as Linux's cookie_init_timestamp does).
+    if (ts.wrapping_sub(ts_now) as i32) > 0 {
+        ts.wrapping_sub(0x40)
+    } else {
+        ts
+    }
 }
 
 /// Read the options back from the TSecr the client echoes.
@@ -123,9 +131,15 @@ mod tests {
                 sack: false,
             },
         ] {
-            let ts = cookie_init_timestamp(0xdead_beef, opts);
-            assert_eq!(ts & !0x3f, 0xdead_beef & !0x3f);
-            assert_eq!(cookie_decode_timestamp(ts), Some(opts));
+            for now in [0xdead_beef_u32, 0xdead_bec0, 0xdead_beff, 5] {
+                let ts = cookie_init_timestamp(now, opts);
+                assert!(
+                    (now.wrapping_sub(ts) as i32) >= 0,
+                    "never ahead of the clock"
+                );
+                assert!(now.wrapping_sub(ts) < 128, "and at most two periods behind");
+                assert_eq!(cookie_decode_timestamp(ts), Some(opts));
+            }
         }
         assert_eq!(cookie_decode_timestamp(0x1f), None);
     }
