@@ -129,6 +129,10 @@ mib! {
         /// Pure ACKs taken by the fast path.
         tcp_hp_acks => "TCPHPAcks",
         tcp_rcvq_drop => "TCPRcvQDrop",
+        /// D-SACK blocks sent (a duplicate arrived) and received (our retransmission
+        /// was not needed).
+        tcp_dsack_old_sent => "TCPDSACKOldSent",
+        tcp_dsack_recv => "TCPDSACKRecv",
         syncookies_sent => "SyncookiesSent",
         syncookies_recv => "SyncookiesRecv",
         syncookies_failed => "SyncookiesFailed",

@@ -20,6 +20,8 @@ struct Net {
     frames: (u64, u64),
     /// Whether to lose the n-th frame of a direction (`true`: from A).
     drop: Box<dyn FnMut(bool, u64) -> bool>,
+    /// Whether to lose a frame from A, judged by its content.
+    drop_a_frame: Box<dyn FnMut(&stack_core::Skb) -> bool>,
 }
 
 impl Net {
@@ -37,6 +39,7 @@ impl Net {
             now: Instant::ZERO,
             frames: (0, 0),
             drop: Box::new(|_, _| false),
+            drop_a_frame: Box::new(|_| false),
         }
     }
 
@@ -46,7 +49,7 @@ impl Net {
             let mut moved = false;
             while let Some(f) = self.a.poll_transmit(self.now) {
                 self.frames.0 += 1;
-                if !(self.drop)(true, self.frames.0) {
+                if !(self.drop)(true, self.frames.0) && !(self.drop_a_frame)(&f) {
                     self.b.netif_receive_skb(self.now, f);
                 }
                 moved = true;
@@ -744,4 +747,47 @@ fn an_unanswered_connect_times_out_after_the_syn_retries() {
     let took = (net.now - t0).as_secs();
     assert!((127..=128).contains(&took), "{took} s");
     assert_eq!(net.a.snmp().tcp.attempt_fails, 1);
+}
+
+#[test]
+fn a_lost_retransmission_is_resent_without_waiting_for_the_rto() {
+    use stack_core::wire::ethernet::EthernetFrame;
+    use stack_core::wire::ipv4::Ipv4Packet;
+    use stack_core::wire::tcp::TcpPacket;
+    let mut net = Net::new();
+    let (c, s) = connected(&mut net);
+    // Lose the 10th data segment and then its first retransmission too.
+    let mut data_frames = 0;
+    let mut target = None;
+    let mut dropped = 0;
+    net.drop_a_frame = Box::new(move |f| {
+        let e = EthernetFrame::new_checked(f.data()).unwrap();
+        let Ok(ip) = Ipv4Packet::new_checked(e.payload()) else {
+            return false;
+        };
+        let Ok(t) = TcpPacket::new_checked(ip.payload()) else {
+            return false;
+        };
+        if t.payload().is_empty() {
+            return false;
+        }
+        data_frames += 1;
+        if data_frames == 10 {
+            target = Some(t.seq_number());
+        }
+        if Some(t.seq_number()) == target && dropped < 2 {
+            dropped += 1;
+            return true;
+        }
+        false
+    });
+    let data = pattern(2 << 20, 41);
+    assert_eq!(transfer(&mut net, true, c, s, &data), data);
+    let a = net.a.snmp();
+    assert_eq!(
+        a.tcp_ext.tcp_timeouts, 0,
+        "RACK resent it again, no RTO: {:?}",
+        a.tcp_ext
+    );
+    assert_eq!(a.tcp.retrans_segs, 2);
 }

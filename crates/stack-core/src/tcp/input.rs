@@ -11,7 +11,7 @@ use super::{seq_ge, seq_gt, seq_le, seq_lt, syncookies, TcpSock, TcpState, MAX_S
 use crate::skb::Skb;
 use crate::sock::Sock;
 use crate::stack::{SocketId, Stack};
-use crate::time::Duration;
+use crate::time::{Duration, Instant};
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
 
@@ -427,6 +427,13 @@ impl Stack {
             // the window at most every 500 ms (`tcp_oow_rate_limited`), so a stream of
             // forged ACKs cannot make us send one for each.
             if seg_len > 0 || f.contains(TcpFlags::FIN) || self.tcp_oow_allowed(id) {
+                // Data we already have: say so with a D-SACK (RFC 2883), so the sender
+                // learns its retransmission was spurious (`tcp_send_dupack`).
+                let s = self.tcp_sock_mut(id).expect("exists");
+                if s.sack_ok && seg_len > 0 && seq_le(seg_end, s.rcv_nxt) {
+                    s.dsack = Some((seg.seq, seg.seq.wrapping_add(seg_len)));
+                    self.snmp.tcp_ext.tcp_dsack_old_sent += 1;
+                }
                 self.tcp_send_ack(id);
             }
             return;
@@ -651,11 +658,13 @@ impl Stack {
                 s.probes = 0;
             }
         }
+        let dsacks_before = s.dsacks_seen;
         let new_sacks = if s.sack_ok {
-            s.tcp_sacktag(ack, &seg.sack_blocks)
+            s.tcp_sacktag(now, ack, &seg.sack_blocks)
         } else {
             0
         };
+        let new_dsacks = u64::from(s.dsacks_seen - dsacks_before);
         if seq_gt(ack, prior_una) {
             // New data acknowledged; the RTT sample (Karn: never from a retransmitted
             // segment) is taken there too.
@@ -692,9 +701,19 @@ impl Stack {
                 }
             }
         }
+        self.snmp.tcp_ext.tcp_dsack_recv += new_dsacks;
         let s = self.tcp_sock_mut(id).expect("exists");
         if s.recovery.is_some() && s.sack_ok && new_sacks > 0 {
             s.tcp_mark_lost();
+        }
+        // RACK (RFC 8985) on every ACK: time-based loss detection, which also catches
+        // a lost retransmission that would otherwise wait for the RTO.
+        if s.sack_ok && s.rack_detect_loss(now) > 0 && s.recovery.is_none() {
+            let ssthresh = s.cong_ssthresh();
+            s.ssthresh = ssthresh;
+            s.cwnd = ssthresh;
+            s.recovery = Some(s.snd_nxt);
+            self.snmp.tcp_ext.tcp_sack_recovery += 1;
         }
         let s = self.tcp_sock_mut(id).expect("exists");
         // Our FIN acknowledged: the closing states move on.
@@ -724,10 +743,14 @@ impl Stack {
         let mut acked_segs = 0u32;
         let mut acked_bytes = 0usize;
         let mut rtt_sample = None;
+        let mut delivered = Vec::new();
         while let Some(seg) = s.write_queue.front_mut() {
             if seq_le(seg.end_seq, ack) {
                 if let (Some(t), false) = (seg.sent, seg.retransmitted) {
                     rtt_sample = Some(now.saturating_duration_since(t));
+                }
+                if !seg.sacked {
+                    delivered.push((seg.xmit_at, seg.xmit_order, seg.retransmitted));
                 }
                 acked_bytes += seg.skb.len();
                 acked_segs += 1;
@@ -758,6 +781,9 @@ impl Stack {
         s.backoff = 0;
         if let Some(rtt) = rtt_sample {
             s.rtt_update(rtt);
+        }
+        for (xmit, order, retransmitted) in delivered {
+            s.rack_update(now, xmit, order, retransmitted);
         }
         // NewReno (RFC 6582 3.2 steps 3-4): a partial ACK retransmits the next hole; a
         // full ACK ends recovery with cwnd = ssthresh.
@@ -806,6 +832,7 @@ impl Stack {
                 // lost), reporting the duplicate (D-SACK, RFC 2883).
                 if s.sack_ok {
                     s.dsack = Some((seq, seq.wrapping_add(skb.len() as u32)));
+                    self.snmp.tcp_ext.tcp_dsack_old_sent += 1;
                 }
                 self.tcp_send_ack(id);
                 return;
@@ -968,8 +995,22 @@ impl TcpSock {
     /// `tcp_sacktag_write_queue`: mark segments the peer holds out of order. Returns how
     /// many were newly marked. A block at or below the cumulative ACK is a D-SACK report
     /// (RFC 2883) and marks nothing.
-    fn tcp_sacktag(&mut self, ack: u32, blocks: &crate::wire::tcp::SackBlocks) -> u32 {
+    fn tcp_sacktag(
+        &mut self,
+        now: Instant,
+        ack: u32,
+        blocks: &crate::wire::tcp::SackBlocks,
+    ) -> u32 {
         let mut newly = 0;
+        let mut delivered = Vec::new();
+        // D-SACK (RFC 2883): a first block at or below the cumulative ACK reports a
+        // duplicate, i.e. one of our retransmissions was not needed.
+        if let Some(&(_, right)) = blocks.iter().next() {
+            if seq_le(right, ack) {
+                self.reo_wnd_mult = (self.reo_wnd_mult + 1).min(16);
+                self.dsacks_seen += 1;
+            }
+        }
         for &(left, right) in blocks.iter() {
             if seq_le(right, ack) || seq_gt(right, self.snd_nxt) || !seq_lt(left, right) {
                 continue;
@@ -982,7 +1023,73 @@ impl TcpSock {
                     t.sacked = true;
                     t.lost = false;
                     newly += 1;
+                    delivered.push((t.xmit_at, t.xmit_order, t.retransmitted));
                 }
+            }
+        }
+        for (xmit, order, retransmitted) in delivered {
+            self.rack_update(now, xmit, order, retransmitted);
+        }
+        newly
+    }
+
+    /// RFC 8985 6.2 step 2: a segment was delivered (acked or SACKed); remember the
+    /// newest send time delivered and its RTT. A retransmitted segment whose RTT is
+    /// below the minimum was acknowledged for its original transmission: ignored.
+    pub(crate) fn rack_update(
+        &mut self,
+        now: Instant,
+        xmit: Option<Instant>,
+        order: u64,
+        retransmitted: bool,
+    ) {
+        let Some(xmit) = xmit else { return };
+        let rtt = now.saturating_duration_since(xmit).as_micros() as u64;
+        if retransmitted && self.min_rtt_us.is_some_and(|m| rtt < m) {
+            return;
+        }
+        // RFC 8985 `RACK_sent_after`, by transmission order rather than time and
+        // sequence: exact even for segments sent in the same clock tick.
+        if order > self.rack_order {
+            self.rack_xmit = Some(xmit);
+            self.rack_order = order;
+            self.rack_rtt_us = rtt;
+        }
+    }
+
+    /// RFC 8985 6.2 step 5: a retransmitted segment sent before the newest delivered
+    /// one, and outstanding longer than that one's RTT plus the reordering window, was
+    /// lost again. Counting SACKs above it cannot tell (they were counted already), so
+    /// without this only the RTO would resend it. Returns how many were newly marked.
+    pub(crate) fn rack_detect_loss(&mut self, now: Instant) -> u32 {
+        if self.rack_xmit.is_none() {
+            return 0;
+        }
+        // RFC 8985 6.2.4: a quarter of the minimum RTT, widened by each round that
+        // D-SACK showed a retransmission was spurious (reordering, not loss), but never
+        // beyond the smoothed RTT.
+        let quarter = self.min_rtt_us.unwrap_or(0) / 4;
+        let reo_wnd =
+            (quarter * u64::from(self.reo_wnd_mult)).min(self.srtt_us.unwrap_or(u64::MAX));
+        let nxt = self.snd_nxt;
+        let mut newly = 0;
+        for t in self.write_queue.iter_mut() {
+            if seq_ge(t.seq, nxt) {
+                break;
+            }
+            let Some(x) = t.xmit_at else { continue };
+            // Only retransmissions: first transmissions stay with the DupThresh rule.
+            // Applied to everything, this RACK (without RFC 8985's reordering timer and
+            // its finer window adaptation) traded fewer timeouts under loss for more
+            // spurious retransmissions under reordering in the impairment scenarios;
+            // for a lost retransmission it only helps.
+            if t.sacked || t.lost || !t.retransmitted || t.xmit_order >= self.rack_order {
+                continue;
+            }
+            let deadline = x + Duration::from_micros(self.rack_rtt_us + reo_wnd);
+            if deadline <= now {
+                t.lost = true;
+                newly += 1;
             }
         }
         newly
@@ -1012,6 +1119,7 @@ impl TcpSock {
     /// Linux's 200 ms and capped at 120 s.
     pub(crate) fn rtt_update(&mut self, rtt: Duration) {
         let r = rtt.as_micros() as u64;
+        self.min_rtt_us = Some(self.min_rtt_us.map_or(r, |m| m.min(r)));
         match self.srtt_us {
             None => {
                 self.srtt_us = Some(r);

@@ -99,6 +99,11 @@ pub(crate) struct TxSeg {
     pub lost: bool,
     /// Covered by a SACK block from the peer (RFC 2018).
     pub sacked: bool,
+    /// Time of the latest transmission (RACK's `xmit_ts`, RFC 8985).
+    pub xmit_at: Option<Instant>,
+    /// Order of the latest transmission among all of the socket's: RACK's "sent
+    /// after", exact even when several segments leave in the same clock tick.
+    pub xmit_order: u64,
 }
 
 impl TxSeg {
@@ -218,6 +223,17 @@ pub(crate) struct TcpSock {
     pub challenge: (Instant, u32),
     /// When the last ACK to an out-of-window bare ACK went out.
     pub last_oow_ack: Option<Instant>,
+    /// RACK (RFC 8985): send time and RTT of the most recently sent segment known
+    /// delivered, and the smallest RTT seen (for the reordering window).
+    pub rack_xmit: Option<Instant>,
+    pub rack_rtt_us: u64,
+    /// Transmissions so far, and the order of the newest delivered one.
+    pub tx_counter: u64,
+    pub rack_order: u64,
+    pub min_rtt_us: Option<u64>,
+    /// RACK's reordering window, in quarters of the minimum RTT (RFC 8985 6.2.4).
+    pub reo_wnd_mult: u32,
+    pub dsacks_seen: u32,
 }
 
 impl TcpSock {
@@ -297,6 +313,13 @@ impl TcpSock {
             linger_zero: false,
             challenge: (now, 0),
             last_oow_ack: None,
+            rack_xmit: None,
+            rack_rtt_us: 0,
+            tx_counter: 0,
+            rack_order: 0,
+            min_rtt_us: None,
+            reo_wnd_mult: 1,
+            dsacks_seen: 0,
         }
     }
 
@@ -336,6 +359,8 @@ impl TcpSock {
             retransmitted: false,
             lost: false,
             sacked: false,
+            xmit_at: seg.xmit_at,
+            xmit_order: seg.xmit_order,
         };
         seg.skb.trim(len);
         seg.fin = false;

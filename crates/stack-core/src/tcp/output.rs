@@ -45,6 +45,8 @@ impl Stack {
             retransmitted: false,
             lost: false,
             sacked: false,
+            xmit_at: None,
+            xmit_order: 0,
         });
     }
 
@@ -82,6 +84,8 @@ impl Stack {
                 retransmitted: false,
                 lost: false,
                 sacked: false,
+                xmit_at: None,
+                xmit_order: 0,
             });
             data = &data[n..];
         }
@@ -180,6 +184,9 @@ impl Stack {
                 seg.sent = Some(now);
             }
             seg.lost = false;
+            seg.xmit_at = Some(now);
+            s.tx_counter += 1;
+            seg.xmit_order = s.tx_counter;
             let end = seg.end_seq;
             if seq_gt(end, s.snd_nxt) {
                 s.snd_nxt = end;
