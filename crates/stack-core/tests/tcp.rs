@@ -791,3 +791,70 @@ fn a_lost_retransmission_is_resent_without_waiting_for_the_rto() {
     );
     assert_eq!(a.tcp.retrans_segs, 2);
 }
+
+#[test]
+fn early_retransmit_repairs_a_loss_in_a_three_segment_flight() {
+    let mut net = Net::new();
+    let (c, s) = connected(&mut net);
+    // Three segments and nothing after them: three duplicate ACKs can never come.
+    let start = net.frames.0;
+    net.drop = Box::new(move |from_a, n| from_a && n == start + 1);
+    let data = pattern(3 * 1448, 8);
+    assert_eq!(transfer(&mut net, true, c, s, &data), data);
+    let a = net.a.snmp();
+    assert_eq!(a.tcp_ext.tcp_timeouts, 0, "RFC 5827: {:?}", a.tcp_ext);
+    assert_eq!(a.tcp.retrans_segs, 1);
+}
+
+#[test]
+fn syn_and_syn_ack_announce_the_link_mss_and_segments_carry_1448_bytes() {
+    use stack_core::wire::ethernet::EthernetFrame;
+    use stack_core::wire::ipv4::Ipv4Packet;
+    use stack_core::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
+    let segs = |f: &stack_core::Skb| {
+        let e = EthernetFrame::new_checked(f.data()).ok()?;
+        let ip = Ipv4Packet::new_checked(e.payload()).ok()?;
+        let t = TcpPacket::new_checked(ip.payload()).ok()?;
+        Some((TcpRepr::parse(&t).ok()?, t.payload().len()))
+    };
+    let mut net = Net::new();
+    let l = net.b.tcp_socket();
+    net.b
+        .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
+        .unwrap();
+    net.b.tcp_listen(l, 4).unwrap();
+    let c = net.a.tcp_socket();
+    net.a
+        .tcp_connect(net.now, c, SocketAddrV4::new(B, 80))
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        while let Some(f) = net.a.poll_transmit(net.now) {
+            seen.extend(segs(&f));
+            net.b.netif_receive_skb(net.now, f);
+        }
+        while let Some(f) = net.b.poll_transmit(net.now) {
+            seen.extend(segs(&f));
+            net.a.netif_receive_skb(net.now, f);
+        }
+    }
+    let syns: Vec<Option<u16>> = seen
+        .iter()
+        .filter(|(r, _)| r.flags.contains(TcpFlags::SYN))
+        .map(|(r, _)| r.mss)
+        .collect();
+    assert_eq!(
+        syns,
+        vec![Some(1460), Some(1460)],
+        "MTU 1500 - 40, in both SYNs"
+    );
+    let (s, _) = net.b.tcp_accept(l).unwrap().unwrap();
+    net.a.tcp_send(net.now, c, &pattern(10_000, 2)).unwrap();
+    let mut sizes = Vec::new();
+    while let Some(f) = net.a.poll_transmit(net.now) {
+        sizes.extend(segs(&f).map(|(_, n)| n).filter(|&n| n > 0));
+        net.b.netif_receive_skb(net.now, f);
+    }
+    assert_eq!(sizes[0], 1448, "1460 minus 12 bytes of timestamps");
+    let _ = s;
+}

@@ -1095,9 +1095,47 @@ impl TcpSock {
         newly
     }
 
+    /// DupThresh: 3 (RFC 5681), lowered for a small flight by Early Retransmit (RFC
+    /// 5827: with fewer than four segments outstanding, one less than their number),
+    /// since a window of two or three can never produce three duplicate ACKs and every
+    /// loss would otherwise cost an RTO; at the ~5-segment windows a 5% loss rate allows,
+    /// that is most losses.
+    pub(crate) fn dup_thresh(&self) -> u32 {
+        let outstanding = self
+            .write_queue
+            .iter()
+            .take_while(|t| seq_lt(t.seq, self.snd_nxt))
+            .count() as u32;
+        // RFC 5827 2.1: only when nothing new can be sent, because there is nothing
+        // or the peer's window forbids it; otherwise new data brings its own SACKs.
+        let next_unsent = self
+            .write_queue
+            .iter()
+            .enumerate()
+            .find(|(_, t)| seq_ge(t.seq, self.snd_nxt));
+        let blocked = match next_unsent {
+            None => true,
+            Some((i, t)) => {
+                let no_window = seq_gt(t.end_seq, self.snd_una.wrapping_add(self.snd_wnd));
+                // Held back by Nagle is not ready either (Linux's tcp_may_send_now).
+                let nagle = t.skb.len() < usize::from(self.mss)
+                    && i + 1 == self.write_queue.len()
+                    && !t.fin
+                    && !self.nodelay;
+                no_window || nagle
+            }
+        };
+        if outstanding < 4 && blocked {
+            outstanding.saturating_sub(1).max(1)
+        } else {
+            3
+        }
+    }
+
     /// RFC 6675 section 4 `IsLost` with DupThresh = 3: an unSACKed segment with three
     /// SACKed segments above it is lost. Returns how many were newly marked.
     pub(crate) fn tcp_mark_lost(&mut self) -> u32 {
+        let thresh = self.dup_thresh();
         let nxt = self.snd_nxt;
         let mut sacked_above = 0;
         let mut newly = 0;
@@ -1107,7 +1145,7 @@ impl TcpSock {
             }
             if t.sacked {
                 sacked_above += 1;
-            } else if sacked_above >= 3 && !t.lost && !t.retransmitted {
+            } else if sacked_above >= thresh && !t.lost && !t.retransmitted {
                 t.lost = true;
                 newly += 1;
             }

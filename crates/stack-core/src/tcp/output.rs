@@ -237,6 +237,9 @@ impl Stack {
     /// Build and send one segment: header, options, checksum (`tcp_transmit_skb`).
     fn tcp_transmit(&mut self, id: SocketId, seg: Segment<'_>) {
         let now = self.now;
+        // The MSS we announce is what our link takes (RFC 9293 3.7.1: MTU minus the
+        // fixed headers), not the effective segment size after options.
+        let adv_mss = self.dev.mtu.saturating_sub(40).min(65535) as u16;
         let Some(s) = self.tcp_sock_mut(id) else {
             return;
         };
@@ -268,7 +271,7 @@ impl Stack {
         };
         let ts_val = (now.total_micros() / 1000) as u32;
         if syn {
-            repr.mss = Some(s.mss);
+            repr.mss = Some(adv_mss);
             repr.window_scale = Some(s.rcv_wscale);
             repr.sack_permitted = true;
             repr.timestamps = Some((
