@@ -122,6 +122,8 @@ mib! {
         tcp_challenge_ack => "TCPChallengeACK",
         paws_estab => "PAWSEstab",
         tcp_timeouts => "TCPTimeouts",
+        /// Tail loss probes sent (RFC 8985 section 7).
+        tcp_loss_probes => "TCPLossProbes",
         tcp_reno_recovery => "TCPRenoRecovery",
         tcp_sack_recovery => "TCPSackRecovery",
         /// In-order data taken by the header-prediction fast path.

@@ -604,7 +604,7 @@ fn a_frames_while_cut(
 }
 
 #[test]
-fn rto_backs_off_exponentially_from_the_200ms_floor() {
+fn a_probe_then_rto_backs_off_exponentially_from_the_200ms_floor() {
     let mut net = Net::new();
     let (c, _s) = connected(&mut net);
     // Handshake RTT on this link is ~0: RTO = max(SRTT + 4 RTTVAR, 200 ms) = 200 ms.
@@ -615,15 +615,19 @@ fn rto_backs_off_exponentially_from_the_200ms_floor() {
         .iter()
         .map(|(t, _)| (*t - t0).as_millis() as u64)
         .collect();
-    // First send, then 200, 200+400, +800, +1600, +3200 ms (RFC 6298 5.5).
-    assert_eq!(times, vec![0, 200, 600, 1400, 3000, 6200]);
+    // First send; at 200 ms, where the RTO would fire, the tail loss probe takes the
+    // first timeout (Linux's PTO is capped by the RTO) and re-arms the RTO; then the
+    // RTO fires at 400 ms and doubles each time (RFC 6298 5.5): +400, +800, +1600,
+    // +3200 ms.
+    assert_eq!(times, vec![0, 200, 400, 800, 1600, 3200, 6400]);
     let seqs: Vec<u32> = frames.iter().map(|(_, r)| r.seq).collect();
     assert!(
         seqs.iter().all(|&s| s == seqs[0]),
         "the same segment each time"
     );
+    assert_eq!(net.a.snmp().tcp_ext.tcp_loss_probes, 1);
     assert_eq!(net.a.snmp().tcp_ext.tcp_timeouts, 5);
-    assert_eq!(net.a.snmp().tcp.retrans_segs, 5);
+    assert_eq!(net.a.snmp().tcp.retrans_segs, 6);
 }
 
 #[test]
@@ -857,4 +861,24 @@ fn syn_and_syn_ack_announce_the_link_mss_and_segments_carry_1448_bytes() {
     }
     assert_eq!(sizes[0], 1448, "1460 minus 12 bytes of timestamps");
     let _ = s;
+}
+
+#[test]
+fn a_lost_tail_is_repaired_by_the_loss_probe_not_the_rto() {
+    let mut net = Net::new();
+    let (c, s) = connected(&mut net);
+    net.a.tcp_set_nodelay(c, true).unwrap();
+    // Ten full segments; the last one is lost and nothing follows it, so no duplicate
+    // ACK can ever announce the loss.
+    let start = net.frames.0;
+    net.drop = Box::new(move |from_a, n| from_a && n == start + 10);
+    let data = pattern(10 * 1448, 12);
+    assert_eq!(transfer(&mut net, true, c, s, &data), data);
+    let a = net.a.snmp();
+    assert_eq!(a.tcp_ext.tcp_loss_probes, 1, "{:?}", a.tcp_ext);
+    assert_eq!(
+        a.tcp_ext.tcp_timeouts, 0,
+        "the probe, not the RTO, repaired it"
+    );
+    assert_eq!(a.tcp.retrans_segs, 1);
 }

@@ -813,6 +813,12 @@ impl Stack {
         } else {
             Some(now + s.rto)
         };
+        // A new flight: the next probe may go once this one goes quiet.
+        if s.tlp_high_seq.is_some_and(|h| seq_ge(ack, h)) {
+            s.tlp_high_seq = None;
+        }
+        s.tlp_timer = None;
+        s.arm_tlp(now);
         let wake = s.want_write && s.wq_bytes < s.sndbuf / 2;
         if wake {
             self.tcp_wake(id, false, true);
@@ -937,6 +943,7 @@ impl Stack {
         };
         s.state = TcpState::TimeWait;
         s.rto_timer = None;
+        s.tlp_timer = None;
         s.delack_timer = None;
         s.persist_timer = None;
         s.tw_timer = Some(now + super::TIME_WAIT_LEN);
@@ -1151,6 +1158,37 @@ impl TcpSock {
             }
         }
         newly
+    }
+
+    /// Arm the tail loss probe (RFC 8985 7.2). Only with
+    /// SACK, outside fast recovery and RTO recovery (Linux's TCP_CA_Open), and one probe
+    /// per flight.
+    pub(crate) fn arm_tlp(&mut self, now: Instant) {
+        if !self.sack_ok
+            || self.recovery.is_some()
+            || self.retransmits > 0
+            || self.tlp_high_seq.is_some()
+            || self.snd_una == self.snd_nxt
+            || self.state != TcpState::Established
+        {
+            self.tlp_timer = None;
+            return;
+        }
+        let Some(srtt) = self.srtt_us else { return };
+        // Linux's tcp_schedule_loss_probe: 2 SRTT plus the peer's worst-case delayed
+        // ACK when a single segment is out (else 2 ms), and no later than the RTO would
+        // fire: a first timeout is then taken by the probe, which does not collapse the
+        // window.
+        let extra = if self.in_flight() == 1 {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_millis(2)
+        };
+        let pto_at = now + Duration::from_micros(2 * srtt) + extra;
+        self.tlp_timer = Some(match self.rto_timer {
+            Some(rto_at) if rto_at < pto_at => rto_at,
+            _ => pto_at,
+        });
     }
 
     /// RFC 6298 section 2: SRTT, RTTVAR and RTO from a new sample; RTO floored at

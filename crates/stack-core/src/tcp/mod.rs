@@ -234,6 +234,10 @@ pub(crate) struct TcpSock {
     /// RACK's reordering window, in quarters of the minimum RTT (RFC 8985 6.2.4).
     pub reo_wnd_mult: u32,
     pub dsacks_seen: u32,
+    /// Tail loss probe (RFC 8985 section 7): when it fires, and `snd_nxt` when the last
+    /// probe went out (one probe per flight).
+    pub tlp_timer: Option<Instant>,
+    pub tlp_high_seq: Option<u32>,
 }
 
 impl TcpSock {
@@ -320,6 +324,8 @@ impl TcpSock {
             min_rtt_us: None,
             reo_wnd_mult: 1,
             dsacks_seen: 0,
+            tlp_timer: None,
+            tlp_high_seq: None,
         }
     }
 
@@ -961,6 +967,7 @@ impl Stack {
         s.ooo.clear();
         s.ooo_bytes = 0;
         s.rto_timer = None;
+        s.tlp_timer = None;
         s.delack_timer = None;
         s.persist_timer = None;
         s.tw_timer = None;

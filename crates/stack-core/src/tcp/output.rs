@@ -194,6 +194,7 @@ impl Stack {
             if s.rto_timer.is_none() {
                 s.rto_timer = Some(now + s.rto);
             }
+            s.arm_tlp(now);
             s.persist_timer = None;
             if retrans {
                 self.snmp.tcp.retrans_segs += 1;

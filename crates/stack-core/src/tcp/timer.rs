@@ -25,6 +25,7 @@ impl super::TcpSock {
             self.persist_timer,
             self.tw_timer,
             self.ka_timer,
+            self.tlp_timer,
         ]
         .into_iter()
         .flatten()
@@ -82,6 +83,11 @@ impl Stack {
         if s.persist_timer.is_some_and(|t| t <= now) {
             s.persist_timer = None;
             self.tcp_probe_timer(id, now);
+        }
+        let s = self.tcp_sock_mut(id).expect("exists");
+        if s.tlp_timer.is_some_and(|t| t <= now) {
+            s.tlp_timer = None;
+            self.tcp_send_loss_probe(id, now);
         }
         let s = self.tcp_sock_mut(id).expect("exists");
         if s.rto_timer.is_some_and(|t| t <= now) {
@@ -177,6 +183,50 @@ impl Stack {
         s.rto_timer = Some(now + s.rto);
         self.snmp.tcp_ext.tcp_timeouts += 1;
         self.tcp_write_xmit(id);
+    }
+
+    /// `tcp_send_loss_probe` (RFC 8985 7.3): the flight went quiet for about two RTTs.
+    /// Send one segment to draw an ACK whose SACK information lets fast recovery
+    /// repair a lost tail, instead of waiting for the RTO: new data if the windows
+    /// allow, else the last segment sent again.
+    fn tcp_send_loss_probe(&mut self, id: SocketId, now: Instant) {
+        let Some(s) = self.tcp_sock_mut(id) else {
+            return;
+        };
+        if s.snd_una == s.snd_nxt || s.recovery.is_some() || s.tlp_high_seq.is_some() {
+            return;
+        }
+        s.tlp_high_seq = Some(s.snd_nxt);
+        let wnd_end = s.snd_una.wrapping_add(s.snd_wnd);
+        let new_data = s
+            .write_queue
+            .iter()
+            .position(|t| super::seq_ge(t.seq, s.snd_nxt))
+            .filter(|&i| super::seq_le(s.write_queue[i].end_seq, wnd_end));
+        if new_data.is_none() {
+            // Retransmit the last segment sent.
+            let nxt = s.snd_nxt;
+            let Some(last) = s
+                .write_queue
+                .iter_mut()
+                .rev()
+                .find(|t| super::seq_lt(t.seq, nxt))
+            else {
+                return;
+            };
+            if last.sacked {
+                return;
+            }
+            last.lost = true;
+        }
+        // One segment beyond the congestion window, as the RFC allows.
+        s.cwnd += 1;
+        self.snmp.tcp_ext.tcp_loss_probes += 1;
+        self.tcp_write_xmit(id);
+        if let Some(s) = self.tcp_sock_mut(id) {
+            s.cwnd = s.cwnd.saturating_sub(1).max(1);
+            s.rto_timer = Some(now + s.rto);
+        }
     }
 
     /// Give up on the connection after too many retransmissions.
