@@ -141,6 +141,23 @@ impl Netns {
         Ok(parse_snmp(&text))
     }
 
+    /// Sets a per-namespace sysctl (`net.ipv4.tcp_tw_reuse`, ...) inside this namespace only,
+    /// by writing /proc/sys from a thread that joined it: /proc/sys/net shows the writing
+    /// thread's namespace, so the root namespace's settings are never touched.
+    pub fn set_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        if !key.starts_with("net.") {
+            // Other sysctls are global: writing one would change the whole machine.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{key} is not a per-namespace (net.*) sysctl"),
+            ));
+        }
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.enter(|| std::fs::write(&path, value))?.map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot set {key} in {}: {e}", self.name))
+        })
+    }
+
     /// One interface's line of /proc/net/dev inside this namespace.
     pub fn link_stats(&self, ifname: &str) -> io::Result<LinkStats> {
         let text = self.enter(|| std::fs::read_to_string("/proc/thread-self/net/dev"))??;

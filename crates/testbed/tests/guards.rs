@@ -171,3 +171,22 @@ fn sweep_removes_only_namespaces_of_dead_creators() {
         "sweep removed a live run's namespace"
     );
 }
+
+#[test]
+#[ignore = "needs root and network namespaces: run cargo xtask test"]
+fn set_sysctl_changes_only_the_namespace() {
+    testbed::require_root().unwrap();
+    const KEY: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let root_before = std::fs::read_to_string(KEY).unwrap();
+    let ns = Netns::new("sysctl").unwrap();
+    ns.set_sysctl("net.ipv4.ip_local_port_range", "20000 20999")
+        .unwrap();
+    let inside = ns.enter(|| std::fs::read_to_string(KEY)).unwrap().unwrap();
+    assert_eq!(
+        inside.split_whitespace().collect::<Vec<_>>(),
+        ["20000", "20999"]
+    );
+    assert_eq!(std::fs::read_to_string(KEY).unwrap(), root_before);
+    // Global sysctls are refused rather than written for the whole machine.
+    assert!(ns.set_sysctl("kernel.hostname", "x").is_err());
+}
