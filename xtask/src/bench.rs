@@ -1,28 +1,39 @@
-//! `cargo xtask bench`: ustack against the Linux kernel, measured the same way in one run.
+//! `cargo xtask bench`: ustack against the Linux kernel, and over TCP against smoltcp too,
+//! measured the same way in one run.
 //!
-//! Two targets at the same addresses: ustack answering on a TAP (the kernel, 192.0.2.1, pings
-//! ustack at 192.0.2.2), and the kernel answering on a veth pair between two namespaces (the
-//! kernel at 192.0.2.1 pings another kernel at 192.0.2.2). The client is the kernel's ping in
-//! both, so the difference is the responder and its link. Each probe yields rows; the table lists
-//! every row with both columns and their ratio. TCP probes are meant to join `PROBES`.
+//! Three targets at the same addresses: ustack answering on a TAP (the kernel, 192.0.2.1, pings
+//! ustack at 192.0.2.2), the kernel answering on a veth pair between two namespaces (the
+//! kernel at 192.0.2.1 pings another kernel at 192.0.2.2), and smoltcp answering on a TAP like
+//! ustack (bench/smoltcp-peer, TCP only). The client is the kernel in every case, so the
+//! difference is the responder and its link. Each probe yields rows; the table lists every row
+//! with one column per target and the ratios of ustack to the others.
 //!
 //! UDP: the client is xtask's own closed loop (`udp_echo`), `UDP_WINDOW` datagrams outstanding,
 //! against ustack host's echo service on the TAP and, on the veth, against an echo loop on a
 //! kernel UDP socket in the server namespace. Both responders are a userspace loop over a UDP
 //! socket; what differs is the stack underneath and the link.
+//!
+//! TCP (`tcp_bench`): bulk throughput each way (a kernel client writing to discard, reading
+//! from chargen), 1-byte request/response latency over one echo connection, and sequential
+//! connections per second to echo. ustack host's services answer on the TAP; on the veth,
+//! `tcp_bench::KernelServers` in the server namespace; smoltcp-peer, started afresh for each
+//! probe with the one service it needs, on a TAP of its own namespace.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use testbed::{parse_ping_summary, parse_ping_times, percentile, Child, Netns};
+use testbed::{counters_block, parse_ping_summary, parse_ping_times, percentile, Child, Netns};
 
 use crate::deps::ensure_packages;
+use crate::tcp_bench::{self, KernelServers, TcpProbe};
 use crate::udp_echo::{self, EchoServer, ECHO_PORT};
 use crate::util::{self, check_interrupt, step, Result};
 
 const CLIENT_CIDR: &str = "192.0.2.1/24";
 const SERVER_CIDR: &str = "192.0.2.2/24";
 const SERVER_IP: &str = "192.0.2.2";
+const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 /// Flood ping: enough echoes for a stable rate, few enough to finish in seconds.
@@ -49,9 +60,9 @@ const UDP_64_ROW: &str = "UDP echo 64 B (dgram/s)";
 const UDP_1472_ROW: &str = "UDP echo 1472 B (dgram/s)";
 
 /// One measured quantity of the table.
-struct Sample {
-    row: &'static str,
-    value: f64,
+pub struct Sample {
+    pub row: &'static str,
+    pub value: f64,
 }
 
 /// Where a probe runs: its ping runs in `client`, against `server_ip`.
@@ -62,9 +73,9 @@ struct Target<'a> {
 
 /// A probe's output: its samples, and remarks worth printing under the table (loss, say).
 #[derive(Default)]
-struct Measured {
-    samples: Vec<Sample>,
-    notes: Vec<String>,
+pub struct Measured {
+    pub samples: Vec<Sample>,
+    pub notes: Vec<String>,
 }
 
 type Probe = fn(&Target<'_>) -> Result<Measured>;
@@ -84,6 +95,34 @@ const ROWS: &[&str] = &[
     "ICMP RTT p99 (µs)",
     UDP_64_ROW,
     UDP_1472_ROW,
+    tcp_bench::RX_ROW,
+    tcp_bench::TX_ROW,
+    tcp_bench::RR_P50_ROW,
+    tcp_bench::RR_P99_ROW,
+    tcp_bench::CPS_ROW,
+];
+
+/// The TAP name smoltcp-peer attaches to, as ustack's.
+const TAP: &str = "ustack0";
+/// ustack's counters worth seeing next to its TCP numbers: retransmissions and timeouts say
+/// whether a slow transfer was lossy, the drops where.
+const USTACK_COUNTERS: &[(&str, &str)] = &[
+    ("Tcp", "PassiveOpens"),
+    ("Tcp", "EstabResets"),
+    ("Tcp", "CurrEstab"),
+    ("Tcp", "InSegs"),
+    ("Tcp", "OutSegs"),
+    ("Tcp", "RetransSegs"),
+    ("Tcp", "InErrs"),
+    ("Tcp", "OutRsts"),
+    ("TcpExt", "TCPTimeouts"),
+    ("TcpExt", "TCPSackRecovery"),
+    ("TcpExt", "TCPRenoRecovery"),
+    ("TcpExt", "TCPRcvQDrop"),
+    ("TcpExt", "ListenOverflows"),
+    ("Dev", "RxDropped"),
+    ("Dev", "TxDropped"),
+    ("Dev", "TxQueueStopped"),
 ];
 
 /// What one target gave: its samples, and the errors of the probes (or setup) that failed.
@@ -105,22 +144,37 @@ pub fn run() -> Result {
     ensure_packages(&["iproute2", "iputils-ping"])?;
     step("building ustack (release)");
     let bin = util::build_ustack(true)?;
+    step("building smoltcp-peer (release)");
+    let peer = build_smoltcp_peer()?;
     let start = Instant::now();
+    println!(
+        "xtask: TCP bulk rows: median of {} transfers of {} MB each",
+        tcp_bench::BULK_RUNS,
+        tcp_bench::BULK_BYTES / 1_000_000
+    );
 
-    step("target 1/2: ustack on TAP ustack0");
+    step("target 1/3: ustack on TAP ustack0");
     let ustack = measure_ustack(&bin);
     check_interrupt()?;
-    step("target 2/2: Linux kernel on a veth pair");
+    step("target 2/3: Linux kernel on a veth pair");
     let kernel = measure_kernel();
+    check_interrupt()?;
+    step("target 3/3: smoltcp on TAP ustack0 (TCP only)");
+    let smoltcp = measure_smoltcp(&peer);
     check_interrupt()?;
 
     step(&format!(
         "results ({:.0} s of measurement)",
         start.elapsed().as_secs_f64()
     ));
-    print_table(&ustack, &kernel);
+    print_table(&ustack, &kernel, &smoltcp);
+    print_target(&ustack, &smoltcp);
     let mut failed = false;
-    for (name, col) in [("ustack", &ustack), ("kernel veth", &kernel)] {
+    for (name, col) in [
+        ("ustack", &ustack),
+        ("kernel veth", &kernel),
+        ("smoltcp", &smoltcp),
+    ] {
         for note in &col.notes {
             println!("note ({name}): {note}");
         }
@@ -136,14 +190,42 @@ pub fn run() -> Result {
     }
 }
 
-fn measure_ustack(bin: &std::path::Path) -> Column {
+/// `cargo build --release` of bench/smoltcp-peer, a workspace of its own (so the main
+/// workspace never compiles smoltcp), into its own target directory.
+fn build_smoltcp_peer() -> Result<PathBuf> {
+    let dir = util::workspace_root().join("bench").join("smoltcp-peer");
+    let target = dir.join("target");
+    let mut cmd = util::cargo();
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target);
+    let status = util::run_inherited(cmd)?;
+    check_interrupt()?;
+    if !status.success() {
+        return Err(format!("building smoltcp-peer failed ({status})"));
+    }
+    let bin = target.join("release").join("smoltcp-peer");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "cargo built smoltcp-peer but {} is missing",
+            bin.display()
+        ))
+    }
+}
+
+fn measure_ustack(bin: &Path) -> Column {
     let mut col = Column::default();
     let setup = || -> Result<(Netns, Child)> {
         let ns = Netns::new("bench-ustack").map_err(|e| e.to_string())?;
-        ns.add_tap("ustack0", CLIENT_CIDR)
-            .map_err(|e| e.to_string())?;
+        ns.add_tap(TAP, CLIENT_CIDR).map_err(|e| e.to_string())?;
+        tcp_bench::prepare_client(&ns).map_err(|e| e.to_string())?;
         let mut cmd = ns.cmd(bin);
-        cmd.args(["host", "--tap", "ustack0", "--addr", SERVER_CIDR]);
+        cmd.args(["host", "--tap", TAP, "--addr", SERVER_CIDR]);
         let host = Child::spawn(cmd).map_err(|e| e.to_string())?;
         Ok((ns, host))
     };
@@ -163,11 +245,42 @@ fn measure_ustack(bin: &std::path::Path) -> Column {
         return col;
     }
     run_probes(&target, &mut col);
-    // Stop it ourselves to say how it ended; the guards would also clean up.
+    for probe in tcp_bench::PROBES {
+        if util::interrupted() {
+            break;
+        }
+        if let Ok(Some(status)) = host.try_wait() {
+            col.errors.push(format!(
+                "ustack host exited ({status}) before {}; stderr:\n{}",
+                probe.name,
+                host.stderr_so_far()
+            ));
+            break;
+        }
+        run_tcp_probe(probe, &ns, Some(host.pid()), &mut col);
+    }
+    // Stop it ourselves to say how it ended and to read its counters; the guards would also
+    // clean up.
     let out = host.stop();
     if !out.success() {
         col.errors
             .push(format!("ustack host did not exit cleanly:\n{out}"));
+    }
+    match counters_block(&out.stdout) {
+        Some(counters) => {
+            let shown: Vec<String> = USTACK_COUNTERS
+                .iter()
+                .filter_map(|&(section, name)| {
+                    let v = counters.get(section)?.get(name)?;
+                    Some(format!("{section} {name} {v}"))
+                })
+                .collect();
+            col.notes
+                .push(format!("counters at exit: {}", shown.join(", ")));
+        }
+        None => col
+            .notes
+            .push("ustack host printed no counters at exit".to_string()),
     }
     col
 }
@@ -179,6 +292,7 @@ fn measure_kernel() -> Column {
         let server = Netns::new("bench-ksrv").map_err(|e| e.to_string())?;
         testbed::veth_pair(&client, "veth0", CLIENT_CIDR, &server, "veth1", SERVER_CIDR)
             .map_err(|e| e.to_string())?;
+        tcp_bench::prepare_client(&client).map_err(|e| e.to_string())?;
         Ok((client, server))
     };
     let (client, server) = match setup() {
@@ -196,6 +310,14 @@ fn measure_kernel() -> Column {
             return col;
         }
     };
+    // And of its TCP discard, chargen and echo.
+    let _tcp = match KernelServers::start(&server, SERVER_ADDR) {
+        Ok(servers) => servers,
+        Err(e) => {
+            col.errors.push(format!("setup: TCP servers: {e}"));
+            return col;
+        }
+    };
     let target = Target {
         client: &client,
         server_ip: SERVER_IP,
@@ -205,7 +327,124 @@ fn measure_kernel() -> Column {
         return col;
     }
     run_probes(&target, &mut col);
+    for probe in tcp_bench::PROBES {
+        if util::interrupted() {
+            break;
+        }
+        // Its servers are threads of xtask and the kernel itself: no process to account.
+        run_tcp_probe(probe, &client, None, &mut col);
+    }
     col
+}
+
+/// smoltcp-peer serves one service per process, so each TCP probe starts one with the service
+/// it needs, on the same TAP and addresses as ustack, and stops it afterwards. Its MAC stays
+/// the same across restarts, so the kernel's ARP entry stays right. `SMOLTCP_PEER_ARGS` adds
+/// arguments to every start, to check that its defaults are its best (see its --help).
+fn measure_smoltcp(peer: &Path) -> Column {
+    let mut col = Column::default();
+    let setup = || -> Result<Netns> {
+        let ns = Netns::new("bench-smoltcp").map_err(|e| e.to_string())?;
+        ns.add_tap(TAP, CLIENT_CIDR).map_err(|e| e.to_string())?;
+        tcp_bench::prepare_client(&ns).map_err(|e| e.to_string())?;
+        Ok(ns)
+    };
+    let ns = match setup() {
+        Ok(ns) => ns,
+        Err(e) => {
+            col.errors.push(format!("setup: {e}"));
+            return col;
+        }
+    };
+    let target = Target {
+        client: &ns,
+        server_ip: SERVER_IP,
+    };
+    // To try smoltcp with other settings than its defaults (`--buffer`, `--cc`, ...).
+    let extra: Vec<String> = std::env::var("SMOLTCP_PEER_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !extra.is_empty() {
+        col.notes.push(format!(
+            "smoltcp-peer run with SMOLTCP_PEER_ARGS={}",
+            extra.join(" ")
+        ));
+    }
+    for probe in tcp_bench::PROBES {
+        if util::interrupted() {
+            break;
+        }
+        let port = probe.service.port().to_string();
+        let mut cmd = ns.cmd(peer);
+        cmd.args(["--tap", TAP, "--addr", SERVER_CIDR])
+            .args(["--mode", probe.service.mode(), "--port", &port])
+            .args(&extra);
+        let mut child = match Child::spawn(cmd) {
+            Ok(child) => child,
+            Err(e) => {
+                col.errors.push(format!("{}: {e}", probe.name));
+                continue;
+            }
+        };
+        if let Err(e) = wait_answering(&target, Some(&mut child)) {
+            col.errors.push(format!("{}: {e}", probe.name));
+            continue;
+        }
+        run_tcp_probe(probe, &ns, Some(child.pid()), &mut col);
+        // A peer that died mid-probe (a panic) is an error of its own; SIGTERM is how it
+        // normally ends.
+        if let Ok(Some(status)) = child.try_wait() {
+            col.errors.push(format!(
+                "{}: smoltcp-peer exited ({status}); stderr:\n{}",
+                probe.name,
+                child.stderr_so_far()
+            ));
+        }
+        drop(child);
+    }
+    col
+}
+
+/// Runs one TCP probe from `client`. With the server's pid (a userspace stack), notes how many
+/// CPUs it kept busy meanwhile: on this 2-CPU VM a stack that needs two cores for a rate
+/// competes with the kernel client for them, one that needs one does not.
+fn run_tcp_probe(probe: &TcpProbe, client: &Netns, server_pid: Option<u32>, col: &mut Column) {
+    println!("    {} ...", probe.name);
+    util::flush();
+    let cpu_before = server_pid.and_then(cpu_seconds);
+    let started = Instant::now();
+    match (probe.run)(client, SERVER_ADDR) {
+        Ok(m) => {
+            col.samples.extend(m.samples);
+            col.notes
+                .extend(m.notes.into_iter().map(|n| format!("{}: {n}", probe.name)));
+            let wall = started.elapsed().as_secs_f64();
+            if let (Some(before), Some(after)) = (cpu_before, server_pid.and_then(cpu_seconds)) {
+                col.notes.push(format!(
+                    "{}: the server process used {:.2} CPUs (user+system, {:.1} s in {:.1} s)",
+                    probe.name,
+                    (after - before) / wall,
+                    after - before,
+                    wall
+                ));
+            }
+        }
+        Err(e) => col.errors.push(format!("{}: {e}", probe.name)),
+    }
+}
+
+/// User plus system CPU time of a process, all its threads, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces, so count fields after the last ')'.
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the comm.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
 }
 
 fn run_probes(target: &Target<'_>, col: &mut Column) {
@@ -414,30 +653,57 @@ fn udp_echo_rate(target: &Target<'_>, (size, row): (usize, &'static str)) -> Res
     Ok(m)
 }
 
-fn print_table(ustack: &Column, kernel: &Column) {
-    // Kernel RTTs are a few µs, so small values keep a decimal.
+fn print_table(ustack: &Column, kernel: &Column, smoltcp: &Column) {
+    // Kernel RTTs are a few µs and throughputs a few Gb/s, so small values keep a decimal,
+    // and a stalled transfer's hundredths of a Gb/s keep two.
     let fmt = |v: Option<f64>| match v {
+        Some(v) if v < 1.0 => format!("{v:.2}"),
         Some(v) if v < 100.0 => format!("{v:.1}"),
         Some(v) => format!("{v:.0}"),
         None => "n/a".to_string(),
     };
+    let ratio = |u: Option<f64>, other: Option<f64>| match (u, other) {
+        (Some(u), Some(o)) if o > 0.0 => format!("{:.2}", u / o),
+        _ => "n/a".to_string(),
+    };
     let width = ROWS.iter().map(|r| r.chars().count()).max().unwrap_or(0);
     println!(
-        "{:<width$}  {:>12}  {:>12}  {:>14}",
-        "", "ustack", "kernel veth", "ustack/kernel"
+        "{:<width$}  {:>12}  {:>12}  {:>12}  {:>14}  {:>15}",
+        "", "ustack", "kernel veth", "smoltcp TAP", "ustack/kernel", "ustack/smoltcp"
     );
     for row in ROWS {
         let (u, k) = (ustack.get(row), kernel.get(row));
-        let ratio = match (u, k) {
-            (Some(u), Some(k)) if k > 0.0 => format!("{:.2}", u / k),
-            _ => "n/a".to_string(),
+        // smoltcp is only measured on the TCP rows; elsewhere there is nothing to show.
+        let (s, us) = if tcp_bench::ROWS.contains(row) {
+            let s = smoltcp.get(row);
+            (fmt(s), ratio(u, s))
+        } else {
+            ("-".to_string(), "-".to_string())
         };
         // Width counts chars, not bytes, so "µ" pads right.
         println!(
-            "{row:<width$}  {:>12}  {:>12}  {:>14}",
+            "{row:<width$}  {:>12}  {:>12}  {:>12}  {:>14}  {:>15}",
             fmt(u),
             fmt(k),
-            ratio
+            s,
+            ratio(u, k),
+            us
         );
+    }
+}
+
+/// The target for TCP throughput, ustack at least 3x smoltcp, met or not, row by row.
+fn print_target(ustack: &Column, smoltcp: &Column) {
+    const TARGET: f64 = 3.0;
+    for row in tcp_bench::THROUGHPUT_ROWS {
+        let line = match (ustack.get(row), smoltcp.get(row)) {
+            (Some(u), Some(s)) if s > 0.0 => {
+                let r = u / s;
+                let verdict = if r >= TARGET { "met" } else { "NOT met" };
+                format!("ustack/smoltcp = {r:.2}, target >= {TARGET}: {verdict}")
+            }
+            _ => "not measured on both".to_string(),
+        };
+        println!("target: {row}: {line}");
     }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod deps;
 mod suite;
+mod tcp_bench;
 mod udp_echo;
 mod util;
 
