@@ -29,7 +29,8 @@ enum Cmd {
     Demo,
     /// Build, run the unit tests, then the netns suite against the kernel (needs root).
     Test,
-    /// Compare ustack with the kernel on a veth pair: ICMP echo rate and latency, UDP echo rates.
+    /// Compare ustack with the kernel on a veth pair (and smoltcp on a TAP for TCP): ICMP,
+    /// UDP echo and TCP bulk, request/response and connection rates, as ratios.
     Bench,
 }
 
