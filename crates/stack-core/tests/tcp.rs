@@ -84,15 +84,28 @@ impl Net {
         let until = self.now + Duration::from_millis(1);
         self.run(until);
     }
+
+    /// Run for `d` of virtual time, ending exactly `d` later.
+    fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run(until);
+        self.now = self.now.max(until);
+    }
 }
 
-/// A listener on B:80 and a connected pair (client on A, accepted child on B).
-fn connected(net: &mut Net) -> (SocketId, SocketId) {
+/// A listener on B:80 with `backlog`.
+fn listen(net: &mut Net, backlog: usize) -> SocketId {
     let l = net.b.tcp_socket();
     net.b
         .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
         .unwrap();
-    net.b.tcp_listen(l, 16).unwrap();
+    net.b.tcp_listen(l, backlog).unwrap();
+    l
+}
+
+/// A listener on B:80 and a connected pair (client on A, accepted child on B).
+fn connected(net: &mut Net) -> (SocketId, SocketId) {
+    let l = listen(net, 16);
     let c = net.a.tcp_socket();
     net.a
         .tcp_connect(net.now, c, SocketAddrV4::new(B, 80))
@@ -257,11 +270,7 @@ fn recovers_from_loss_byte_identical() {
 #[test]
 fn full_accept_queue_drops_syns_until_accept() {
     let mut net = Net::new();
-    let l = net.b.tcp_socket();
-    net.b
-        .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
-        .unwrap();
-    net.b.tcp_listen(l, 1).unwrap();
+    let l = listen(&mut net, 1);
     let c1 = net.a.tcp_socket();
     net.a
         .tcp_connect(net.now, c1, SocketAddrV4::new(B, 80))
@@ -530,9 +539,7 @@ fn keepalive_probes_an_idle_peer_and_gives_up_when_it_is_gone() {
     while net.a.tcp_state(c) != Some(TcpState::Closed)
         && net.now - gone_at < Duration::from_secs(60)
     {
-        let step = net.now + Duration::from_millis(100);
-        net.run(step);
-        net.now = net.now.max(step);
+        net.advance(Duration::from_millis(100));
     }
     let mut buf = [0u8; 1];
     assert_eq!(
@@ -558,9 +565,7 @@ fn user_timeout_bounds_how_long_unacked_data_is_retried() {
     let t0 = net.now;
     net.a.tcp_send(net.now, c, b"into the void").unwrap();
     while net.a.tcp_state(c) != Some(TcpState::Closed) && net.now - t0 < Duration::from_secs(60) {
-        let step = net.now + Duration::from_millis(100);
-        net.run(step);
-        net.now = net.now.max(step);
+        net.advance(Duration::from_millis(100));
     }
     let took = net.now - t0;
     let mut buf = [0u8; 1];
@@ -652,11 +657,7 @@ fn three_duplicate_acks_trigger_fast_retransmit() {
 #[test]
 fn time_wait_four_tuple_is_reused_safely_by_a_new_connection() {
     let mut net = Net::new();
-    let l = net.b.tcp_socket();
-    net.b
-        .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
-        .unwrap();
-    net.b.tcp_listen(l, 16).unwrap();
+    let l = listen(&mut net, 16);
     let port = 40000;
     let open = |net: &mut Net| {
         let c = net.a.tcp_socket();
@@ -738,9 +739,7 @@ fn an_unanswered_connect_times_out_after_the_syn_retries() {
         .unwrap();
     let t0 = net.now;
     while net.a.tcp_state(c) == Some(TcpState::SynSent) && net.now - t0 < Duration::from_secs(600) {
-        let step = net.now + Duration::from_secs(1);
-        net.run(step);
-        net.now = net.now.max(step);
+        net.advance(Duration::from_secs(1));
     }
     let mut buf = [0u8; 1];
     assert_eq!(
@@ -822,11 +821,7 @@ fn syn_and_syn_ack_announce_the_link_mss_and_segments_carry_1448_bytes() {
         Some((TcpRepr::parse(&t).ok()?, t.payload().len()))
     };
     let mut net = Net::new();
-    let l = net.b.tcp_socket();
-    net.b
-        .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
-        .unwrap();
-    net.b.tcp_listen(l, 4).unwrap();
+    let l = listen(&mut net, 4);
     let c = net.a.tcp_socket();
     net.a
         .tcp_connect(net.now, c, SocketAddrV4::new(B, 80))
