@@ -11,6 +11,7 @@ mod child;
 mod netns;
 mod packet;
 mod ping;
+mod seeded;
 mod snmp;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub use netns::{
 };
 pub use packet::PacketSocket;
 pub use ping::{parse_ping_summary, parse_ping_times, percentile, PingSummary, Rtt};
+pub use seeded::{echo_seeded, test_seed, EchoRun, SplitMix};
 pub use snmp::{counters_block, parse_snmp, Counters, COUNTERS_HEADER};
 
 /// Namespaces and TAP devices need CAP_SYS_ADMIN and CAP_NET_ADMIN; checking the effective uid

@@ -12,11 +12,11 @@
 //! build); `USTACK_TEST_SEED` replays the random payload of a failed run (the impairment itself
 //! is always seed 7).
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::time::Duration;
 
 use testbed::{counters_block, Child, Counters, Output};
+use testbed::{echo_seeded, test_seed, EchoRun};
 use ustack_netns_tests::{counter, Bed, TAP, USTACK_CIDR, USTACK_IP};
 
 const ECHO_PORT: u16 = 7;
@@ -27,38 +27,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Echo chunks are compared in this size; the writer writes in it too, so both sides draw the
 /// same random stream.
 const CHUNK: usize = 64 * 1024;
-
-/// splitmix64: reproducible payloads from a printed seed, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            c.copy_from_slice(&self.next().to_le_bytes()[..c.len()]);
-        }
-    }
-}
-
-/// `USTACK_TEST_SEED` replays a failed run; otherwise a fresh seed, printed with every failure.
-fn seed() -> u64 {
-    std::env::var("USTACK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                ^ u64::from(std::process::id())
-        })
-}
 
 /// An impaired `ustack host`. The shared fixture starts the host without flags, so this one is
 /// started here; like the fixture's, it is stopped (and its output printed) if the test fails.
@@ -158,7 +126,7 @@ fn echo_survives_loss_duplication_and_reordering_byte_identical() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let total = mb * 1_000_000;
-    let seed = seed();
+    let seed = test_seed();
     let bed = Bed::new("tcp-impaired");
     let host = ImpairedHost::start(&bed);
     let kernel_before = kernel_counters(&bed);
@@ -171,61 +139,22 @@ fn echo_survives_loss_duplication_and_reordering_byte_identical() {
         .unwrap_or_else(|e| panic!("connect to the echo: {e}\n{}", host.output_so_far()));
     stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    let mut writer = stream.try_clone().expect("clone");
-    let start = Instant::now();
-    let upload = std::thread::spawn(move || -> std::io::Result<Duration> {
-        let mut rng = Rng(seed);
-        let mut chunk = vec![0u8; CHUNK];
-        let mut sent = 0;
-        while sent < total {
-            let n = CHUNK.min(total - sent);
-            rng.fill(&mut chunk[..n]);
-            writer.write_all(&chunk[..n])?;
-            sent += n;
-        }
-        writer.shutdown(Shutdown::Write)?;
-        Ok(start.elapsed())
-    });
-
-    let mut rng = Rng(seed);
-    let mut want = vec![0u8; CHUNK];
-    let mut buf = vec![0u8; CHUNK];
-    let mut got = 0usize;
-    let mut reader = &stream;
-    let end = loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                let mut off = 0;
-                while off < n {
-                    let at = got % CHUNK;
-                    if at == 0 {
-                        let len = CHUNK.min(total.saturating_sub(got));
-                        assert!(
-                            len > 0,
-                            "the echo sent more than the {total} bytes we did (seed {seed})"
-                        );
-                        rng.fill(&mut want[..len]);
-                    }
-                    let m = (n - off).min(CHUNK - at);
-                    if buf[off..off + m] != want[at..at + m] {
-                        let i = (0..m).find(|&i| buf[off + i] != want[at + i]).unwrap_or(0);
-                        panic!(
-                            "the echo differs from the data at byte {} (USTACK_TEST_SEED={seed} \
+    let run = echo_seeded(&stream, total, seed, CHUNK);
+    if let Some(at) = run.first_diff {
+        panic!(
+            "the echo differs from the data at byte {} (USTACK_TEST_SEED={seed} \
                              replays the payload)\n{}",
-                            got + i,
-                            host.output_so_far()
-                        );
-                    }
-                    off += m;
-                    got += m;
-                }
-            }
-            Err(e) => break Err(e),
-        }
-    };
-    let elapsed = start.elapsed();
-    let up = upload.join().expect("writer thread");
+            at,
+            host.output_so_far()
+        );
+    }
+    let EchoRun {
+        got,
+        elapsed,
+        upload: up,
+        end,
+        ..
+    } = run;
     if let Err(e) = &end {
         panic!(
             "the kernel's read failed after {got} of {total} bytes and {:.1} s: {e} \

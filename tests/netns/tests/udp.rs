@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use testbed::{test_seed, SplitMix};
 use testbed::{Counters, LinkStats, PacketSocket};
 use ustack_netns_tests::{counter, Bed, KERNEL_IP, TAP, USTACK_IP, USTACK_MAC};
 
@@ -62,45 +63,6 @@ fn kernel_socket(bed: &Bed, port: u16) -> UdpSocket {
 
 fn local_port(sock: &UdpSocket) -> u16 {
     sock.local_addr().expect("bound").port()
-}
-
-/// splitmix64: reproducible payloads from a printed seed, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// `USTACK_TEST_SEED` replays a failed run; otherwise a fresh seed, printed with every failure.
-fn seed() -> u64 {
-    std::env::var("USTACK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                ^ u64::from(std::process::id())
-        })
 }
 
 /// Sends `data` and waits for one datagram back; Err says what went wrong.
@@ -271,8 +233,8 @@ fn echo_returns_every_size_byte_identical_fragmented_both_ways() {
     let bed = Bed::new("udpecho");
     let host = bed.start_host();
     let sock = kernel_socket(&bed, ECHO_PORT);
-    let seed = seed();
-    let mut rng = Rng(seed);
+    let seed = test_seed();
+    let mut rng = SplitMix(seed);
     let mut buf = vec![0u8; 65536];
     let kernel_before = kernel_counters(&bed);
 
@@ -560,8 +522,8 @@ fn bad_fragments_and_datagrams_are_counted_bounded_and_survived() {
         .enter(|| PacketSocket::open(TAP))
         .and_then(|r| r)
         .unwrap_or_else(|e| panic!("cannot open an AF_PACKET socket on {TAP}: {e}"));
-    let seed = seed();
-    let mut rng = Rng(seed);
+    let seed = test_seed();
+    let mut rng = SplitMix(seed);
     let mut buf = vec![0u8; 65536];
     let send = |frame: &[u8]| {
         raw.send(frame)
