@@ -16,10 +16,9 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use testbed::{vm_rss_kib, RssWatch};
 use testbed::{Child, Counters, Output, PacketSocket};
 use ustack_netns_tests::{counter, Bed, KERNEL_IP, TAP, USTACK_IP, USTACK_MAC};
 
@@ -763,54 +762,6 @@ fn ustack_pid(bed: &Bed) -> u32 {
         .unwrap_or_else(|| panic!("no ustack process among {pids:?} in {}", bed.ns.name()))
 }
 
-/// Resident memory of `pid` in KiB, from /proc/PID/status.
-fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Samples a process's RSS every 5 ms on a thread until `max` is called; the peak seen.
-struct RssWatch {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut max = 0;
-            while !flag.load(Ordering::Relaxed) {
-                max = max.max(vm_rss_kib(pid).unwrap_or(0));
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            max.max(vm_rss_kib(pid).unwrap_or(0))
-        });
-        RssWatch {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn max(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
-    }
-}
-
-impl Drop for RssWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// The SYN flood's rate and length.
 const FLOOD_RATE: u64 = 10_000;
 const FLOOD_TIME: Duration = Duration::from_secs(2);
@@ -906,7 +857,7 @@ fn syn_flood_from_spoofed_addresses_leaves_room_for_a_real_client() {
     }
     std::thread::sleep(Duration::from_millis(200));
 
-    let rss = RssWatch::start(pid);
+    let rss = RssWatch::start(pid, Duration::from_millis(5));
     let ustack = SocketAddrV4::new(ustack_ip(), ECHO_PORT);
     let seed = u64::from(std::process::id()) | 1;
     let flood = std::thread::spawn(move || {

@@ -11,11 +11,10 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use testbed::{test_seed, SplitMix};
+use testbed::{vm_rss_kib, RssWatch};
 use testbed::{Counters, LinkStats, PacketSocket};
 use ustack_netns_tests::{counter, Bed, KERNEL_IP, TAP, USTACK_IP, USTACK_MAC};
 
@@ -129,18 +128,6 @@ fn ustack_pid(bed: &Bed) -> u32 {
         .unwrap_or_else(|| panic!("no ustack process among {pids:?} in {}", bed.ns.name()))
 }
 
-/// Resident memory of `pid` in KiB, from /proc/PID/status.
-fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Frames the kernel may have queued on the TAP for ustack at once while flooding. tun's queue
 /// holds txqueuelen (1000) frames and drops beyond; flooding faster than ustack reads would
 /// only measure those kernel drops, so floods stay under this and every frame reaches ustack
@@ -187,43 +174,6 @@ impl TapPacer {
 
     fn sent_one(&mut self) {
         self.sent += 1;
-    }
-}
-
-/// Samples a process's RSS every 2 ms on a thread until dropped; `max` is the peak seen.
-struct RssWatch {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut max = 0;
-            while !flag.load(Ordering::Relaxed) {
-                max = max.max(vm_rss_kib(pid).unwrap_or(0));
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            max.max(vm_rss_kib(pid).unwrap_or(0))
-        });
-        RssWatch {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops sampling; the peak RSS in KiB.
-    fn max(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
-    }
-}
-
-impl Drop for RssWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -599,7 +549,7 @@ fn bad_fragments_and_datagrams_are_counted_bounded_and_survived() {
     let pid = ustack_pid(&bed);
     let rss_before = vm_rss_kib(pid).expect("VmRSS of ustack");
     let tap_before = tap_stats(&bed);
-    let watch = RssWatch::start(pid);
+    let watch = RssWatch::start(pid, Duration::from_millis(2));
     let mut stray = craft.ipv4(0, 0, true, &rng.bytes(1480));
     let flood_start = Instant::now();
     let refused = bed
@@ -761,7 +711,7 @@ fn echo_flood_loses_nothing_uncounted() {
             }
         }
     });
-    let watch = RssWatch::start(pid);
+    let watch = RssWatch::start(pid, Duration::from_millis(2));
     let payload = [0x5au8; 64];
     let start = Instant::now();
     let (sent, send_errors) = bed
