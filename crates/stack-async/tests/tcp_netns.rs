@@ -5,49 +5,20 @@
 //! `USTACK_TCP_BULK_MB` sets the size of the bulk transfer each way (default 100 MB);
 //! the bulk test prints the throughput it saw.
 
-#[path = "../../stack-io/tests/common/netns.rs"]
-mod netns;
+mod common;
 
 use std::future::Future;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use netns::NetNs;
+use common::{any, config, kernel, ours, run_in_netns, v4, OUR_IP};
 use stack_async::{StackHandle, TcpListener, TcpStream};
-use stack_core::wire::MacAddr;
-use stack_core::StackConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(300);
 const WAIT: Duration = Duration::from_secs(10);
-const KERNEL_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-
-fn config() -> StackConfig {
-    StackConfig::new(MacAddr([0x02, 0, 0, 0, 0, 0x02]), OUR_IP, 24)
-}
-
-fn kernel(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(KERNEL_IP, port)
-}
-
-fn ours(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(OUR_IP, port)
-}
-
-fn any(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)
-}
-
-fn v4(a: std::net::SocketAddr) -> SocketAddrV4 {
-    match a {
-        std::net::SocketAddr::V4(a) => a,
-        other => panic!("not IPv4: {other}"),
-    }
-}
 
 /// A namespace with the TAP, the stack on it, and a tokio runtime running `test` on a
 /// thread inside the namespace (std sockets made there, and on threads it spawns, are
@@ -57,19 +28,7 @@ where
     F: FnOnce(StackHandle) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    let ns = NetNs::new();
-    ns.add_tap("ustack0");
-    let name = ns.name().to_owned();
-    ns.run_in(LIMIT, move || {
-        let handle = StackHandle::spawn("ustack0", config(), 7).expect("spawn");
-        netns::wait_oper_up(&name, "ustack0");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(test(handle.clone()));
-        handle.shutdown().expect("clean shutdown");
-    });
+    run_in_netns(LIMIT, test)
 }
 
 /// xorshift bytes: every position distinguishable, reproducible from the seed.
@@ -372,7 +331,8 @@ fn socket_options_peek_and_close_with_unread_data() {
 }
 
 mod futures_io {
-    use super::{any, config, netns, ours, NetNs, LIMIT, WAIT};
+    use super::common::netns::{self, NetNs};
+    use super::{any, config, ours, LIMIT, WAIT};
     use futures::io::{AsyncReadExt, AsyncWriteExt};
     use stack_async::{StackHandle, TcpSocket};
     use std::io::{self, Read, Write};

@@ -2,8 +2,7 @@
 //! kernel at 192.0.2.1 (std sockets made on a thread inside the namespace), ustack at
 //! 192.0.2.2.
 
-#[path = "../../stack-io/tests/common/netns.rs"]
-mod netns;
+mod common;
 
 use std::future::Future;
 use std::io;
@@ -15,41 +14,14 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use netns::NetNs;
+use common::{any, kernel, ours, run_in_netns, v4, OUR_IP};
 use stack_async::{StackHandle, UdpOptions, UdpSocket, UDP_RECV_QUEUE};
-use stack_core::wire::MacAddr;
-use stack_core::StackConfig;
 use tokio::io::ReadBuf;
 use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// How long a test waits for one datagram before failing.
 const WAIT: Duration = Duration::from_secs(5);
-const KERNEL_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-
-fn config() -> StackConfig {
-    StackConfig::new(MacAddr([0x02, 0, 0, 0, 0, 0x02]), OUR_IP, 24)
-}
-
-fn kernel(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(KERNEL_IP, port)
-}
-
-fn ours(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(OUR_IP, port)
-}
-
-fn any(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)
-}
-
-fn v4(a: std::net::SocketAddr) -> SocketAddrV4 {
-    match a {
-        std::net::SocketAddr::V4(a) => a,
-        other => panic!("not IPv4: {other}"),
-    }
-}
 
 /// A namespace with the TAP, the stack on it, and a current-thread tokio runtime
 /// running `test` on a thread inside the namespace (so std sockets made there are the
@@ -59,19 +31,7 @@ where
     F: FnOnce(StackHandle) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    let ns = NetNs::new();
-    ns.add_tap("ustack0");
-    let name = ns.name().to_owned();
-    ns.run_in(LIMIT, move || {
-        let handle = StackHandle::spawn("ustack0", config(), 7).expect("spawn");
-        netns::wait_oper_up(&name, "ustack0");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(test(handle.clone()));
-        handle.shutdown().expect("clean shutdown");
-    });
+    run_in_netns(LIMIT, test)
 }
 
 /// A kernel UDP socket on a thread of its own, echoing every datagram to its sender
