@@ -13,18 +13,21 @@
 //! created and enters the kernel when the runtime thread parks, which is what turns our
 //! burst of writes into one submission.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::sync::Arc;
 use std::task::Poll;
 
 use futures::channel::mpsc;
+use futures::future::{Either, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
+use stack_core::skb::IpSummed;
 use stack_core::{Skb, SkbPool};
 use tokio_uring::buf::{IoBuf, IoBufMut};
 
 use crate::stats::IoStats;
 use crate::tap::Tap;
+use crate::vnet::{self, VnetHdr};
 
 /// Ethernet header plus one 802.1Q tag: what a frame adds to the MTU.
 const ETH_OVERHEAD: usize = 14 + 4;
@@ -32,6 +35,14 @@ const ETH_OVERHEAD: usize = 14 + 4;
 /// io_uring offset -1: "no offset", the only meaning a position has for a stream
 /// device like /dev/net/tun (`stream_open` in `tun_chr_open`).
 const STREAM_POS: u64 = u64::MAX;
+
+/// The largest IPv4 packet: what one GSO super-packet can carry behind its Ethernet
+/// header when the device offers TSO (the kernel's `GSO_LEGACY_MAX_SIZE` is 64 KiB, and
+/// `tot_len` caps an IPv4 packet at 65535 bytes in any case).
+const MAX_GSO_PACKET: usize = 65535;
+
+/// Default [`DeviceConfig::rx_copybreak`].
+pub const DEFAULT_RX_COPYBREAK: usize = 16 * 1024;
 
 /// A run of this many failed reads with no success in between means the device is
 /// broken in a way we did not foresee; stop rather than spin.
@@ -47,6 +58,19 @@ pub struct DeviceConfig {
     /// Writes allowed in flight; beyond this the loop stops taking from the TX ring,
     /// which pushes back on the protocol task.
     pub tx_inflight: usize,
+    /// With a vnet header (offloads on), frames shorter than this are copied out of the
+    /// 64 KiB receive buffer into a right-sized one from the stack's pool, like a NIC
+    /// driver's `rx_copybreak`; longer ones (GSO super-packets) keep the big buffer.
+    ///
+    /// Why: a socket's receive queue is charged the skb's truesize, the whole buffer.
+    /// An ACK or a 1500-byte segment pinning 64 KiB would fill `rcvbuf` ~40 times too
+    /// early and shrink the window we advertise. Copying costs a memcpy of at most this
+    /// many bytes; keeping costs at most 64 KiB / 16 KiB = 4x the frame in truesize.
+    /// 16 KiB (the default) bounds both. Frames up to the pool's buffer size land in a
+    /// pooled buffer, longer ones in a one-off buffer of their own size. 0 turns
+    /// copying off. Without a vnet header reads go straight into pooled buffers and
+    /// this does not apply.
+    pub rx_copybreak: usize,
 }
 
 impl Default for DeviceConfig {
@@ -55,6 +79,7 @@ impl Default for DeviceConfig {
             rx_inflight: 32,
             rx_headroom: 64,
             tx_inflight: 256,
+            rx_copybreak: DEFAULT_RX_COPYBREAK,
         }
     }
 }
@@ -118,6 +143,137 @@ unsafe impl IoBuf for TxBuf {
     }
 }
 
+/// Why a frame read with a vnet header was dropped (counted in `rx_errors`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RxDrop {
+    /// The header itself is short or has unknown flags.
+    Header(vnet::VnetError),
+    /// NEEDS_CSUM with the checksum field outside the frame (`skb_partial_csum_set`).
+    CsumOutside,
+    /// A GSO type other than TCPV4 (we only offer TSO4, so the kernel never sends
+    /// one), or TCPV4 with `gso_size` 0 (which `virtio_net_hdr_to_skb` refuses too).
+    Gso(u8),
+    /// A TCPV4 GSO frame whose Ethernet/IPv4/TCP headers do not parse.
+    GsoHeaders(vnet::HeaderError),
+}
+
+/// Turn a frame read with a vnet header in front into the skb the stack gets: strip the
+/// header and carry what it says over to the skb's metadata, the way a virtio-net
+/// driver's `receive_buf` does (`virtio_net_hdr_to_skb`, include/linux/virtio_net.h):
+///
+/// * `DATA_VALID` -> [`IpSummed::Unnecessary`]: the kernel made or checked the checksum.
+/// * `NEEDS_CSUM` -> [`IpSummed::Partial`], with `csum_start` made head-relative like
+///   the kernel's `skb->csum_start` (`skb_partial_csum_set` adds the headroom). The
+///   checksum field holds only the pseudo-header sum; the stack must not verify it as if
+///   it were complete (the data came from the kernel's memory, not a wire).
+/// * `GSO_TCPV4` (ECN bit allowed) -> `gso_size`, and `gso_segs` = payload / gso_size
+///   rounded up. The payload starts after the headers we parse ourselves: the
+///   kernel's `hdr_len` is only `skb_headlen()` (`virtio_net_hdr_from_skb`: "a hint as
+///   to how much should be linear"), which can reach into the payload.
+///
+/// `skb` holds the header and frame from `data`; frames shorter than `copybreak` are
+/// copied into a buffer from `pool` with `headroom` in front (see
+/// [`DeviceConfig::rx_copybreak`]).
+fn receive_vnet(
+    mut skb: Skb,
+    vnet_len: usize,
+    pool: &SkbPool,
+    headroom: usize,
+    copybreak: usize,
+) -> Result<Skb, RxDrop> {
+    let hdr = VnetHdr::parse(skb.data()).map_err(RxDrop::Header)?;
+    skb.pull(vnet_len)
+        .map_err(|_| RxDrop::Header(vnet::VnetError::Truncated))?;
+    let frame_len = skb.len();
+    if hdr.needs_csum() && !hdr.csum_fits(frame_len) {
+        return Err(RxDrop::CsumOutside);
+    }
+    let (gso_size, gso_segs) = match hdr.gso_kind() {
+        vnet::GSO_NONE => (0, 0),
+        vnet::GSO_TCPV4 if hdr.gso_size > 0 => {
+            let hdrs = vnet::tcp_frame_headers(skb.data()).map_err(RxDrop::GsoHeaders)?;
+            let payload = frame_len - hdrs.hdr_len;
+            let segs = payload.div_ceil(usize::from(hdr.gso_size)).max(1);
+            (hdr.gso_size, u16::try_from(segs).unwrap_or(u16::MAX))
+        }
+        _ => return Err(RxDrop::Gso(hdr.gso_type)),
+    };
+
+    let mut skb = if frame_len < copybreak {
+        // The big buffer goes back to its pool when `skb` drops here.
+        pool.from_slice(headroom, skb.data())
+    } else {
+        skb
+    };
+    skb.ip_summed = if hdr.needs_csum() {
+        let start = skb.data_offset() + usize::from(hdr.csum_start);
+        IpSummed::Partial {
+            csum_start: u16::try_from(start).map_err(|_| RxDrop::CsumOutside)?,
+            csum_offset: hdr.csum_offset,
+        }
+    } else if hdr.data_valid() {
+        IpSummed::Unnecessary
+    } else {
+        IpSummed::None
+    };
+    skb.gso_size = gso_size;
+    skb.gso_segs = gso_segs;
+    Ok(skb)
+}
+
+/// Why an outgoing frame could not be described in a vnet header (counted in
+/// `tx_errors`, frame dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxDrop {
+    /// `IpSummed::Partial` whose checksum field is not inside the frame.
+    CsumOutside,
+    /// `gso_size > 0` on something that is not a TCP/IPv4 frame we can parse.
+    GsoHeaders(vnet::HeaderError),
+}
+
+/// The vnet header for an outgoing skb: the reverse of [`receive_vnet`], as
+/// `virtio_net_hdr_from_skb` builds it for a virtio device.
+///
+/// * [`IpSummed::Partial`] -> `NEEDS_CSUM`, `csum_start` made frame-relative (the skb's
+///   is head-relative). The kernel checks it the same way (`skb_partial_csum_set` in
+///   `virtio_net_hdr_to_skb`) and finishes the checksum if the packet leaves it.
+/// * `gso_size > 0` -> `GSO_TCPV4` with `gso_size` and `hdr_len` the length of the
+///   Ethernet (and 802.1Q), IPv4 and TCP headers together. With CWR set in the TCP header the ECN bit is added, as
+///   `tcp_ecn_send` marks `SKB_GSO_TCP_ECN`: the kernel then keeps CWR on the first
+///   segment only.
+///
+/// The kernel honours both whatever TUNSETOFFLOAD said: that ioctl only governs what
+/// it sends us (`tun_get_user` always runs `virtio_net_hdr_to_skb`).
+fn vnet_hdr_for(skb: &Skb) -> Result<VnetHdr, TxDrop> {
+    let mut hdr = VnetHdr::default();
+    if let IpSummed::Partial {
+        csum_start,
+        csum_offset,
+    } = skb.ip_summed
+    {
+        let start = usize::from(csum_start)
+            .checked_sub(skb.data_offset())
+            .ok_or(TxDrop::CsumOutside)?;
+        hdr.flags = vnet::F_NEEDS_CSUM;
+        hdr.csum_start = u16::try_from(start).map_err(|_| TxDrop::CsumOutside)?;
+        hdr.csum_offset = csum_offset;
+        if !hdr.csum_fits(skb.len()) {
+            return Err(TxDrop::CsumOutside);
+        }
+    }
+    if skb.gso_size > 0 {
+        let frame = skb.data();
+        let hdrs = vnet::tcp_frame_headers(frame).map_err(TxDrop::GsoHeaders)?;
+        hdr.gso_type = vnet::GSO_TCPV4;
+        if hdrs.cwr {
+            hdr.gso_type |= vnet::GSO_ECN;
+        }
+        hdr.gso_size = skb.gso_size;
+        hdr.hdr_len = u16::try_from(hdrs.hdr_len).unwrap_or(u16::MAX);
+    }
+    Ok(hdr)
+}
+
 /// Errors after which the fd is useless: the device was deleted under us
 /// (`tun_get` fails: EBADFD), the fd is bad, or the driver reports an I/O error.
 fn is_fatal(err: &io::Error) -> bool {
@@ -156,13 +312,25 @@ pub async fn run_device(
 ) -> io::Result<()> {
     let name = tap.name().to_owned();
     let ifindex = tap.ifindex();
-    // A pooled buffer must hold the largest frame the MTU allows; if the pool's are too
-    // small (jumbo MTU) fall back to one-off buffers rather than truncate frames.
-    let rx_size = (cfg.rx_headroom + ETH_OVERHEAD + tap.mtu() as usize).max(pool.buf_size());
+    let vnet_len = tap.vnet_hdr_len();
+    let mtu = tap.mtu() as usize;
+    // Without a vnet header a pooled buffer must hold the largest frame the MTU allows;
+    // if the pool's are too small (jumbo MTU) fall back to one-off buffers rather than
+    // truncate frames. With one, the kernel may send a 64 KiB GSO frame into any read,
+    // and a read into a smaller buffer would cut it short without telling (tun_put_user
+    // copies what fits), so reads get buffers from a pool of large ones of our own; the
+    // copybreak in `receive_vnet` moves small frames out of them.
+    let (rx_pool, rx_size) = if vnet_len == 0 {
+        let size = (cfg.rx_headroom + ETH_OVERHEAD + mtu).max(pool.buf_size());
+        (pool.clone(), size)
+    } else {
+        let size = cfg.rx_headroom + vnet_len + ETH_OVERHEAD + mtu.max(MAX_GSO_PACKET);
+        (SkbPool::new(size, 2 * cfg.rx_inflight.max(1)), size)
+    };
     let file = tokio_uring::fs::File::from_std(tap.into_file());
 
     let new_rx_buf = || {
-        let mut skb = pool.alloc(rx_size);
+        let mut skb = rx_pool.alloc(rx_size);
         skb.reserve(cfg.rx_headroom);
         RxBuf(skb)
     };
@@ -187,13 +355,26 @@ pub async fn run_device(
                 Ok(n) => {
                     rx_error_run = 0;
                     skb.put(n);
-                    skb.ifindex = ifindex;
-                    IoStats::add(&stats.rx_packets, 1);
-                    IoStats::add(&stats.rx_bytes, n as u64);
-                    if rx_ring.try_send(skb).is_err() {
-                        // Ring full (or the stack is gone): the frame is lost, as on a
-                        // NIC whose RX ring overflows.
-                        IoStats::add(&stats.rx_dropped, 1);
+                    let frame = if vnet_len == 0 {
+                        Ok(skb)
+                    } else {
+                        receive_vnet(skb, vnet_len, &pool, cfg.rx_headroom, cfg.rx_copybreak)
+                    };
+                    match frame {
+                        Ok(mut skb) => {
+                            skb.ifindex = ifindex;
+                            IoStats::add(&stats.rx_packets, 1);
+                            IoStats::add(&stats.rx_bytes, skb.len() as u64);
+                            if rx_ring.try_send(skb).is_err() {
+                                // Ring full (or the stack is gone): the frame is lost, as
+                                // on a NIC whose RX ring overflows.
+                                IoStats::add(&stats.rx_dropped, 1);
+                            }
+                        }
+                        Err(why) => {
+                            IoStats::add(&stats.rx_errors, 1);
+                            tracing::debug!(device = %name, ?why, len = n, "bad vnet header, frame dropped");
+                        }
                     }
                 }
                 Err(err) if is_fatal(&err) => return Poll::Ready(Err(fatal(&name, "read", err))),
@@ -219,15 +400,60 @@ pub async fn run_device(
         let mut batch = 0u64;
         let mut tx_waker_set = false;
         while tx_open && writes.len() < tx_limit {
-            match tx_ring.poll_next_unpin(cx) {
-                Poll::Ready(Some(skb)) => {
-                    writes.push(file.write_at(TxBuf(skb), STREAM_POS).submit());
-                    batch += 1;
+            let skb = match tx_ring.poll_next_unpin(cx) {
+                Poll::Ready(Some(skb)) => skb,
+                Poll::Ready(None) => {
+                    tx_open = false;
+                    break;
                 }
-                Poll::Ready(None) => tx_open = false,
                 Poll::Pending => {
                     tx_waker_set = true;
                     break;
+                }
+            };
+            let (skb, hdr) = if vnet_len == 0 {
+                (skb, None)
+            } else {
+                match vnet_hdr_for(&skb) {
+                    Ok(hdr) => (skb, Some(hdr)),
+                    Err(why) => {
+                        IoStats::add(&stats.tx_errors, 1);
+                        tracing::debug!(device = %name, ?why, len = skb.len(), "cannot describe frame in a vnet header, dropped");
+                        continue;
+                    }
+                }
+            };
+            batch += 1;
+            match tx_layout(skb, hdr, vnet_len) {
+                TxLayout::Linear(skb, hdr_bytes) => {
+                    let write = file.write_at(TxBuf(skb), STREAM_POS).submit();
+                    writes.push(Either::Left(write.map(move |(res, TxBuf(mut skb))| {
+                        // Take the header back off, so that lengths below are the
+                        // frame's (virtio_net's xmit_skb does the same).
+                        let _ = skb.pull(hdr_bytes);
+                        (res, skb, hdr_bytes)
+                    })));
+                }
+                TxLayout::Vectored(hdr, skb) => {
+                    let bufs = vec![TxBuf(hdr), TxBuf(skb)];
+                    let mut write = Box::pin(file.writev_at(bufs, STREAM_POS).map(
+                        move |(res, mut bufs)| {
+                            let TxBuf(skb) = bufs.pop().expect("header and frame");
+                            (res, skb, vnet_len)
+                        },
+                    ));
+                    // `writev_at` is an async fn: its SQE is queued when it is first
+                    // polled, not when it is called. Poll it now, so that the frame keeps
+                    // its place in line behind the writes queued before it (`submit`
+                    // queues at once).
+                    match write.as_mut().poll(cx) {
+                        Poll::Pending => writes.push(Either::Right(write)),
+                        Poll::Ready(done) => {
+                            if let Err(err) = tx_complete(&stats, &name, done) {
+                                return Poll::Ready(Err(err));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -236,21 +462,9 @@ pub async fn run_device(
         }
 
         // TX completions. Polling also registers the new writes' wakers.
-        while let Poll::Ready(Some((res, TxBuf(skb)))) = writes.poll_next_unpin(cx) {
-            match res {
-                Ok(n) if n == skb.len() => {
-                    IoStats::add(&stats.tx_packets, 1);
-                    IoStats::add(&stats.tx_bytes, n as u64);
-                }
-                Ok(n) => {
-                    IoStats::add(&stats.tx_errors, 1);
-                    tracing::debug!(device = %name, wrote = n, len = skb.len(), "short write");
-                }
-                Err(err) if is_fatal(&err) => return Poll::Ready(Err(fatal(&name, "write", err))),
-                Err(err) => {
-                    IoStats::add(&stats.tx_errors, 1);
-                    tracing::debug!(device = %name, %err, len = skb.len(), "write failed");
-                }
+        while let Poll::Ready(Some(done)) = writes.poll_next_unpin(cx) {
+            if let Err(err) = tx_complete(&stats, &name, done) {
+                return Poll::Ready(Err(err));
             }
         }
 
@@ -271,4 +485,61 @@ pub async fn run_device(
     // cancels them (IORING_OP_ASYNC_CANCEL) when the runtime is dropped.
     drop(reads);
     result
+}
+
+/// How one frame goes to the fd.
+enum TxLayout {
+    /// The skb as it is: without a vnet header, or with it pushed into the skb's
+    /// headroom (the `usize` says how many bytes of it).
+    Linear(Skb, usize),
+    /// The header in a buffer of its own and the frame behind it, one `writev`.
+    Vectored(Skb, Skb),
+}
+
+/// Put the vnet header (if any) in front of the frame without copying the frame. Into
+/// the headroom when there is room and the buffer is ours alone, as virtio_net's
+/// `xmit_skb` does (`can_push`: headroom, and `!skb_header_cloned`): a clone (a TCP
+/// retransmit queue, a packet tap) may push its own headers into the same bytes, so a
+/// shared buffer's headroom is not ours to write. Otherwise the header goes in a
+/// separate buffer and the two out in one `writev`, which tun reads as one frame
+/// (`tun_get_user` takes an iov_iter).
+fn tx_layout(mut skb: Skb, hdr: Option<VnetHdr>, vnet_len: usize) -> TxLayout {
+    let Some(hdr) = hdr else {
+        return TxLayout::Linear(skb, 0);
+    };
+    if skb.headroom() >= vnet_len && !skb.is_cloned() {
+        if let Ok(room) = skb.push(vnet_len) {
+            room.fill(0);
+            hdr.emit(room);
+            return TxLayout::Linear(skb, vnet_len);
+        }
+    }
+    let mut bytes = vec![0; vnet_len];
+    hdr.emit(&mut bytes);
+    TxLayout::Vectored(Skb::from_vec(bytes), skb)
+}
+
+/// Account for one finished write: `(result, frame, vnet header bytes written with it)`.
+/// Only a fatal error (see `is_fatal`) is returned; the rest are counted.
+fn tx_complete(
+    stats: &IoStats,
+    name: &str,
+    (res, skb, hdr_bytes): (io::Result<usize>, Skb, usize),
+) -> io::Result<()> {
+    match res {
+        Ok(n) if n == skb.len() + hdr_bytes => {
+            IoStats::add(&stats.tx_packets, 1);
+            IoStats::add(&stats.tx_bytes, skb.len() as u64);
+        }
+        Ok(n) => {
+            IoStats::add(&stats.tx_errors, 1);
+            tracing::debug!(device = %name, wrote = n, len = skb.len(), hdr_bytes, "short write");
+        }
+        Err(err) if is_fatal(&err) => return Err(fatal(name, "write", err)),
+        Err(err) => {
+            IoStats::add(&stats.tx_errors, 1);
+            tracing::debug!(device = %name, %err, len = skb.len(), "write failed");
+        }
+    }
+    Ok(())
 }

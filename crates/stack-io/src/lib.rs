@@ -7,7 +7,8 @@
 pub mod device;
 pub mod stats;
 pub mod tap;
+pub mod vnet;
 
 pub use device::{run_device, DeviceConfig};
 pub use stats::{IoStats, IoStatsSnapshot};
-pub use tap::{Tap, TapError};
+pub use tap::{Offloads, Tap, TapError, TapOptions};

@@ -31,6 +31,45 @@ pub struct Tap {
     name: String,
     ifindex: u32,
     mtu: u32,
+    /// Bytes of `virtio_net_hdr` in front of every frame each way; 0 without
+    /// `IFF_VNET_HDR`.
+    vnet_hdr_len: usize,
+    offloads: Offloads,
+}
+
+/// How to attach: see [`Tap::attach_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapOptions {
+    /// Ask for a `virtio_net_hdr` on every frame (`IFF_VNET_HDR`) and for checksum and
+    /// TCPv4 segmentation offload (`TUNSETOFFLOAD` with `TUN_F_CSUM | TUN_F_TSO4`).
+    pub offload: bool,
+}
+
+/// What the device does for us, as agreed with TUNSETOFFLOAD. The stack core needs to
+/// know: with `csum` it may hand over frames with unfinished transport checksums
+/// (`IpSummed::Partial`) and will receive such frames; with `tso4` it may hand over
+/// TCP/IPv4 super-packets up to 64 KiB (`gso_size > 0`) and will receive them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// `TUN_F_CSUM`: the kernel turns on NETIF_F_HW_CSUM for the device.
+    pub csum: bool,
+    /// `TUN_F_TSO4`: NETIF_F_TSO (only granted together with `csum`, `set_offload`).
+    pub tso4: bool,
+}
+
+impl Offloads {
+    /// The `TUNSETOFFLOAD` argument for these offloads.
+    pub fn tun_flags(self) -> libc::c_uint {
+        let mut f = 0;
+        if self.csum {
+            f |= libc::TUN_F_CSUM;
+            // set_offload in tun.c ignores TSO without CSUM; so do we.
+            if self.tso4 {
+                f |= libc::TUN_F_TSO4;
+            }
+        }
+        f
+    }
 }
 
 impl Tap {
@@ -44,7 +83,27 @@ impl Tap {
     /// (Recent kernels' tun also honours IOCB_NOWAIT, so they would arm the poll anyway;
     /// the flag makes us independent of that. The integration test checks that no io-wq
     /// worker appears while 32 reads are posted.)
+    ///
+    /// The frames carry no `virtio_net_hdr`, so the device must not offload anything to
+    /// us: the offloads are set to none (`TUNSETOFFLOAD(0)`), in case an earlier
+    /// [`Tap::attach_with`] left them on. They are a property of the device, not of the
+    /// fd (`tun->set_features` survives detaching), and with NETIF_F_HW_CSUM still on the
+    /// kernel would send us frames whose checksums it never finished.
     pub fn attach(name: &str) -> Result<Tap, TapError> {
+        Tap::attach_with(name, TapOptions::default())
+    }
+
+    /// [`Tap::attach`] with options.
+    ///
+    /// With `offload`, TUNSETIFF also sets `IFF_VNET_HDR`, so that every frame read or
+    /// written starts with a `virtio_net_hdr` ([`crate::vnet`]; its size is read back
+    /// with TUNGETVNETHDRSZ: 10 unless someone changed it), and then TUNSETOFFLOAD asks
+    /// for `TUN_F_CSUM | TUN_F_TSO4`. The kernel then sends us frames with the checksum
+    /// left to us (NEEDS_CSUM: the field holds only the pseudo-header sum) and TCP
+    /// super-packets of up to 64 KiB, and accepts both from us. If TUNSETOFFLOAD is
+    /// refused, we keep the header without offloads (the header is still correct, just
+    /// always "nothing to do") and say so in [`Tap::offloads`] and a warning.
+    pub fn attach_with(name: &str, opts: TapOptions) -> Result<Tap, TapError> {
         validate_ifname(name)?;
         let cname = CString::new(name).expect("validate_ifname rejects NUL");
 
@@ -65,7 +124,7 @@ impl Tap {
             .open(TUN_PATH)
             .map_err(TapError::OpenTun)?;
 
-        tun_set_iff(&file, &cname).map_err(|e| classify_setiff_error(name, e))?;
+        tun_set_iff(&file, &cname, opts.offload).map_err(|e| classify_setiff_error(name, e))?;
 
         // If the device vanished between the lookup and TUNSETIFF, the kernel has just
         // created a fresh (non-persistent) one for us; dropping `file` destroys it again.
@@ -80,12 +139,74 @@ impl Tap {
             err: e,
         })?;
 
+        let (vnet_hdr_len, offloads) = if opts.offload {
+            let len = tun_get_vnet_hdr_sz(&file).map_err(|e| TapError::Io {
+                name: name.to_owned(),
+                what: "reading the vnet header size (TUNGETVNETHDRSZ)",
+                err: e,
+            })?;
+            if len < crate::vnet::VNET_HDR_LEN {
+                // tun refuses sizes under 10 (TUNSETVNETHDRSZ), so this cannot happen.
+                return Err(TapError::Io {
+                    name: name.to_owned(),
+                    what: "reading the vnet header size (TUNGETVNETHDRSZ)",
+                    err: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("vnet header size {len} is under 10"),
+                    ),
+                });
+            }
+            let want = Offloads {
+                csum: true,
+                tso4: true,
+            };
+            match tun_set_offload(&file, want.tun_flags()) {
+                Ok(()) => (len, want),
+                Err(err) => {
+                    tracing::warn!(
+                        device = name,
+                        %err,
+                        "TUNSETOFFLOAD(CSUM|TSO4) refused; running without offloads"
+                    );
+                    // Make sure nothing is left on from before.
+                    let _ = tun_set_offload(&file, 0);
+                    (len, Offloads::default())
+                }
+            }
+        } else {
+            // See `attach`: no header, so no offloads either. Failure would only mean a
+            // kernel without TUNSETOFFLOAD, which cannot have turned offloads on.
+            if let Err(err) = tun_set_offload(&file, 0) {
+                tracing::debug!(device = name, %err, "TUNSETOFFLOAD(0) failed");
+            }
+            (0, Offloads::default())
+        };
+
         Ok(Tap {
             fd: file.into(),
             name: name.to_owned(),
             ifindex,
             mtu,
+            vnet_hdr_len,
+            offloads,
         })
+    }
+
+    /// Whether every frame each way starts with a `virtio_net_hdr` (`IFF_VNET_HDR`).
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr_len > 0
+    }
+
+    /// Size of that header (TUNGETVNETHDRSZ; 10, `sizeof(struct virtio_net_hdr)`, unless
+    /// another program changed it), 0 without one. Bytes past the first 10 are
+    /// zero on write and ignored on read.
+    pub fn vnet_hdr_len(&self) -> usize {
+        self.vnet_hdr_len
+    }
+
+    /// The offloads the device agreed to; all false without a vnet header.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
     }
 
     pub fn name(&self) -> &str {
@@ -318,15 +439,50 @@ fn ifreq_for(name: &CStr) -> libc::ifreq {
     ifr
 }
 
-fn tun_set_iff(file: &File, name: &CStr) -> io::Result<()> {
+/// TUNSETIFF with `IFF_TAP | IFF_NO_PI`, plus `IFF_VNET_HDR` if `vnet_hdr`. On an existing
+/// device this attaches our fd and rewrites the device's IFF_VNET_HDR flag to ours
+/// (`tun->flags = (tun->flags & ~TUN_FEATURES) | (ifr->ifr_flags & TUN_FEATURES)`).
+fn tun_set_iff(file: &File, name: &CStr, vnet_hdr: bool) -> io::Result<()> {
     let mut ifr = ifreq_for(name);
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
+    if vnet_hdr {
+        flags |= libc::IFF_VNET_HDR;
+    }
+    ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `ifr` is.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// TUNSETOFFLOAD: the argument is the flag word itself, not a pointer (`set_offload` in
+/// tun.c). Unknown bits make it fail with EINVAL, which is how new flags are probed.
+fn tun_set_offload(file: &File, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes an integer argument and touches no user memory.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            flags as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// TUNGETVNETHDRSZ: the size of the vnet header on this device.
+fn tun_get_vnet_hdr_sz(file: &File) -> io::Result<usize> {
+    let mut sz: libc::c_int = 0;
+    // SAFETY: TUNGETVNETHDRSZ writes one int through the pointer, which points at `sz`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNGETVNETHDRSZ, &mut sz) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sz.max(0) as usize)
 }
 
 /// A throwaway AF_INET datagram socket: the handle the SIOCGIF* and SIOCETHTOOL ioctls
