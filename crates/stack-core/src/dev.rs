@@ -10,9 +10,13 @@ use std::collections::VecDeque;
 
 use crate::qdisc::PfifoFast;
 use crate::skb::{PktType, Skb};
-use crate::stack::Stack;
+use crate::stack::{Offloads, Stack};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame, EthernetRepr};
 use crate::wire::MacAddr;
+
+/// Largest GSO packet, IPv4 header included (`GSO_MAX_SIZE` is 65536; an IPv4 total
+/// length field stops at 65535).
+pub const GSO_MAX_SIZE: usize = 65535;
 
 /// Default TX ring size in frames.
 pub const DEFAULT_TX_RING: usize = 256;
@@ -38,6 +42,8 @@ pub struct NetDevice {
     pub mac: MacAddr,
     /// Largest IP packet (L3 MTU).
     pub mtu: usize,
+    /// `dev->features`: TSO only together with checksum offload.
+    pub offloads: Offloads,
     pub(crate) qdisc: PfifoFast,
     tx_ring: VecDeque<Skb>,
     tx_ring_size: usize,
@@ -51,11 +57,32 @@ impl NetDevice {
             ifindex,
             mac,
             mtu,
+            offloads: Offloads::default(),
             qdisc: PfifoFast::default(),
             tx_ring: VecDeque::with_capacity(DEFAULT_TX_RING),
             tx_ring_size: DEFAULT_TX_RING,
             stopped: false,
             taps: Vec::new(),
+        }
+    }
+
+    /// The device with `offloads`; TSO without checksum offload is dropped, as
+    /// `netdev_fix_features` does ("Dropping TSO features since no CSUM feature").
+    pub fn with_offloads(mut self, offloads: Offloads) -> Self {
+        self.offloads = Offloads {
+            csum: offloads.csum,
+            tso: offloads.tso && offloads.csum,
+        };
+        self
+    }
+
+    /// `gso_max_size` for TCP: the payload one super-packet may carry, so that the IPv4
+    /// datagram stays within 65535 bytes with the largest TCP header.
+    pub fn gso_max_payload(&self) -> usize {
+        if self.offloads.tso {
+            GSO_MAX_SIZE - 20 - 60
+        } else {
+            0
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod arp;
 pub mod dev;
+pub mod gso;
 pub mod icmp;
 pub mod impair;
 pub mod ipv4;
@@ -27,5 +28,5 @@ pub mod wire;
 
 pub use ipv4::SendError;
 pub use skb::{Skb, SkbPool};
-pub use stack::{Event, SocketId, Stack, StackConfig};
+pub use stack::{Event, Offloads, SocketId, Stack, StackConfig};
 pub use time::{Duration, Instant};

@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 
 use crate::impair::{ImpairConfig, Impairment};
 use crate::skb::Skb;
-use crate::stack::{Stack, StackConfig};
+use crate::stack::{Offloads, Stack, StackConfig};
 use crate::time::{Duration, Instant};
 
 /// Address of [`Pair::a`].
@@ -115,12 +115,18 @@ impl Pair {
     /// [`StackConfig::default_mac`], fixed seeds, starting at time zero, the link
     /// impaired per direction.
     pub fn new(a_to_b: ImpairConfig, b_to_a: ImpairConfig) -> Pair {
+        Pair::with_offloads(a_to_b, b_to_a, Offloads::default())
+    }
+
+    /// As [`Pair::new`], both devices with `offloads`: the stacks send TSO super-packets
+    /// and partial checksums, and the link does what a device without them would do
+    /// before the wire ([`crate::gso::skb_gso_segment`]), so each side still receives
+    /// ordinary, fully checksummed segments.
+    pub fn with_offloads(a_to_b: ImpairConfig, b_to_a: ImpairConfig, offloads: Offloads) -> Pair {
         let host = |addr, seed| {
-            Stack::new(
-                StackConfig::new(StackConfig::default_mac(addr), addr, 24),
-                Instant::ZERO,
-                seed,
-            )
+            let mut cfg = StackConfig::new(StackConfig::default_mac(addr), addr, 24);
+            cfg.offloads = offloads;
+            Stack::new(cfg, Instant::ZERO, seed)
         };
         Pair::from_parts(
             host(A_ADDR, A_SEED),
@@ -265,12 +271,19 @@ impl Pair {
     fn round(&mut self) -> bool {
         let now = self.now;
         let mut work = false;
+        let mut frames = Vec::new();
         while let Some(skb) = self.a.poll_transmit(now) {
-            self.link.a_to_b.push(now, orphan(skb));
+            on_the_wire(orphan(skb), &mut frames);
+            for f in frames.drain(..) {
+                self.link.a_to_b.push(now, f);
+            }
             work = true;
         }
         while let Some(skb) = self.b.poll_transmit(now) {
-            self.link.b_to_a.push(now, orphan(skb));
+            on_the_wire(orphan(skb), &mut frames);
+            for f in frames.drain(..) {
+                self.link.b_to_a.push(now, f);
+            }
             work = true;
         }
         while let Some(skb) = self.link.a_to_b.poll(now) {
@@ -303,6 +316,16 @@ impl Pair {
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+/// What a device puts on the wire for `skb`: a TSO super-packet as its segments, a
+/// partial checksum completed (the frames a peer would capture), into `out`. A frame
+/// the software path cannot handle is lost, as a `validate_xmit_skb` failure is.
+fn on_the_wire(skb: Skb, out: &mut Vec<Skb>) {
+    let pool = crate::skb::SkbPool::default();
+    if let Err(e) = crate::gso::skb_gso_segment(skb, &pool, out) {
+        tracing::debug!(?e, "sim: frame not wire-ready, dropped");
     }
 }
 

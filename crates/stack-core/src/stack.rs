@@ -41,6 +41,28 @@ pub struct StackConfig {
     pub mtu: usize,
     /// `net.ipv4.ip_forward`: off by default, as in Linux.
     pub ip_forward: bool,
+    /// What the device does for us (`dev->features`); none by default, so a stack on a
+    /// plain link computes every checksum and sends wire-size frames.
+    pub offloads: Offloads,
+}
+
+/// Device offloads (`NETIF_F_*`), as the driver negotiated them with the device (for a
+/// TAP: `IFF_VNET_HDR` + `TUNSETOFFLOAD`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// `NETIF_F_HW_CSUM`: the device fills in TCP checksums of `CHECKSUM_PARTIAL` skbs.
+    pub csum: bool,
+    /// `NETIF_F_TSO`: the device cuts TCP super-packets (`gso_size` set) into segments.
+    /// Needs `csum`, as in the kernel (`netdev_fix_features`).
+    pub tso: bool,
+}
+
+impl Offloads {
+    /// What a driver that has both may ask for.
+    pub const ALL: Offloads = Offloads {
+        csum: true,
+        tso: true,
+    };
 }
 
 impl StackConfig {
@@ -52,6 +74,7 @@ impl StackConfig {
             gateway: None,
             mtu: 1500,
             ip_forward: false,
+            offloads: Offloads::default(),
         }
     }
 
@@ -131,7 +154,7 @@ impl Stack {
             rng,
             now,
             snmp: Snmp::default(),
-            dev: NetDevice::new(ETH_IFINDEX, config.mac, config.mtu),
+            dev: NetDevice::new(ETH_IFINDEX, config.mac, config.mtu).with_offloads(config.offloads),
             neigh: NeighTable::new(NeighParms::default(), now, neigh_seed),
             fib: Fib::default(),
             nf: Netfilter::default(),

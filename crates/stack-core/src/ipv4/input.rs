@@ -278,7 +278,13 @@ impl Stack {
             self.icmp_send(&skb, msg_type::TIME_EXCEEDED, time_exceeded_code::TTL, 0);
             return;
         }
-        if len > rt.mtu && df {
+        // A GRO'd super-packet leaves as the segments it stands for: those must fit.
+        let too_big = if skb.gso_size > 0 {
+            !super::output::gso_fits(&skb, rt.mtu)
+        } else {
+            len > rt.mtu
+        };
+        if too_big && df {
             self.snmp.ip.frag_fails += 1;
             // RFC 1191: tell the sender the MTU of the next hop.
             self.icmp_send(

@@ -144,6 +144,18 @@ impl Stack {
             self.ip_finish_output2(skb, rt);
             return Ok(());
         }
+        if skb.gso_size > 0 {
+            // A TSO super-packet (ip_finish_output_gso): the device cuts it, so what must
+            // fit the MTU is each segment (skb_gso_validate_network_len). Looped back
+            // to ourselves it is delivered whole, as GRO would.
+            if rt.rtype == RouteType::Local || (self.dev.offloads.tso && gso_fits(&skb, rt.mtu)) {
+                self.ip_finish_output2(skb, rt);
+                return Ok(());
+            }
+            self.snmp.ip.out_discards += 1;
+            tracing::trace!("drop: GSO packet the device cannot send");
+            return Err(SendError::MessageTooLong);
+        }
         // ip_fragment (RFC 791 3.2). DF set means the sender asked us not to: EMSGSIZE.
         let mut frags = Vec::new();
         if let Err(e) = fragment::ip_fragment(&skb, rt.mtu, &self.pool, &mut frags) {
@@ -227,4 +239,19 @@ impl Stack {
             );
         }
     }
+}
+
+/// Whether every segment of GSO packet `skb` (`data` at the IPv4 header) fits `mtu`:
+/// the network and transport headers plus `gso_size` (`skb_gso_validate_network_len`).
+pub(crate) fn gso_fits(skb: &Skb, mtu: usize) -> bool {
+    let data = skb.data();
+    let Some(&vihl) = data.first() else {
+        return false;
+    };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let Some(&doff) = data.get(ihl + 12) else {
+        return false;
+    };
+    let thl = usize::from(doff >> 4) * 4;
+    ihl + thl + usize::from(skb.gso_size) <= mtu
 }

@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::{seq_ge, seq_gt, seq_le, seq_lt, syncookies, TcpSock, TcpState, MAX_SYN_BACKLOG};
-use crate::skb::Skb;
+use crate::skb::{IpSummed, Skb};
 use crate::sock::Sock;
 use crate::stack::{SocketId, Stack};
 use crate::time::{Duration, Instant};
@@ -40,7 +40,10 @@ impl Stack {
         }
         let (repr, hlen) = match TcpPacket::new_checked(skb.data()) {
             Ok(p) => {
-                if !p.verify_checksum(src, dst) {
+                // A checksum the device verified (DATA_VALID) or one a local sender left
+                // to the device (CHECKSUM_PARTIAL: the kernel on a TAP with TSO, or our
+                // own loopback) needs no software check (`skb_csum_unnecessary`).
+                if skb.ip_summed == IpSummed::None && !p.verify_checksum(src, dst) {
                     self.snmp.tcp.in_csum_errors += 1;
                     self.snmp.tcp.in_errs += 1;
                     tracing::trace!("drop: bad TCP checksum");
@@ -340,8 +343,10 @@ impl Stack {
         s.rcv_nxt = s.rcv_nxt.wrapping_add(len as u32);
         s.rcvq_bytes += len;
         s.rmem += skb.end();
+        // A GRO/GSO super-packet stands for `gso_segs` segments (tcp_measure_rcv_mss
+        // looks at gso_size): "every second full segment" counts them.
+        s.segs_unacked += u32::from(skb.gso_segs.max(1));
         s.rcvq.push_back(skb);
-        s.segs_unacked += 1;
         s.ack_pending = true;
         if let Some(ka) = s.keepalive {
             s.ka_timer = Some(now + ka.idle);
@@ -870,6 +875,7 @@ impl Stack {
             s.rcv_nxt = s.rcv_nxt.wrapping_add(skb.len() as u32);
             s.rcvq_bytes += skb.len();
             s.rmem += truesize;
+            let segs = u32::from(skb.gso_segs.max(1));
             s.rcvq.push_back(skb);
             // Anything queued out of order that now fits?
             while let Some((&oseq, _)) = s.ooo.first_key_value() {
@@ -888,7 +894,7 @@ impl Stack {
                 s.rcvq_bytes += o.len();
                 s.rcvq.push_back(o);
             }
-            s.segs_unacked += 1;
+            s.segs_unacked += segs;
             s.ack_pending = true;
             let had_ooo = !s.ooo.is_empty();
             self.tcp_wake(id, true, false);

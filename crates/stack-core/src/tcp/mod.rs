@@ -344,6 +344,43 @@ impl TcpSock {
         n
     }
 
+    /// How many unsent segments from `idx` (which the caller has already decided to send)
+    /// go out together as one TSO super-packet (`tcp_tso_segs` with `tcp_write_xmit`'s
+    /// limits): all but the last must be full-sized (a GSO packet's segments all carry
+    /// `gso_size` bytes but the last), every one must fit the peer's window and the
+    /// congestion window's room, the payload `gso_max` bytes, and a short segment at
+    /// the queue's tail is held back by Nagle as it would be alone.
+    pub(crate) fn tso_segs(&self, idx: usize, in_flight: u32, gso_max: usize) -> usize {
+        let mss = usize::from(self.mss);
+        let room = self.cwnd.saturating_sub(in_flight).max(1) as usize;
+        let wnd_end = self.snd_una.wrapping_add(self.snd_wnd);
+        let first = &self.write_queue[idx];
+        if first.syn || first.fin || first.payload_len() != mss {
+            return 1;
+        }
+        let mut count = 1;
+        let mut bytes = mss;
+        while count < room {
+            let Some(next) = self.write_queue.get(idx + count) else {
+                break;
+            };
+            let len = next.payload_len();
+            if next.syn || len == 0 || bytes + len > gso_max || !seq_le(next.end_seq, wnd_end) {
+                break;
+            }
+            let is_tail = idx + count + 1 == self.write_queue.len();
+            if len < mss && is_tail && !next.fin && !self.nodelay {
+                break;
+            }
+            count += 1;
+            bytes += len;
+            if len < mss || next.fin {
+                break;
+            }
+        }
+        count
+    }
+
     /// `tcp_fragment`: split the unsent segment at `idx` after `len` payload bytes.
     pub(crate) fn tcp_fragment(&mut self, idx: usize, len: usize, pool: &crate::skb::SkbPool) {
         let Some(seg) = self.write_queue.get_mut(idx) else {

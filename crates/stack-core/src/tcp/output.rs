@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::{seq_ge, seq_gt, seq_le, seq_lt, TcpState, TxSeg};
 use crate::ipv4::{IpParams, DEFAULT_TTL};
+use crate::skb::IpSummed;
 use crate::stack::{SocketId, Stack};
 use crate::wire::ipv4::protocol;
 use crate::wire::tcp::{SackBlocks, TcpFlags, TcpRepr};
@@ -14,7 +15,10 @@ use crate::wire::tcp::{SackBlocks, TcpFlags, TcpRepr};
 struct Segment<'a> {
     seq: u32,
     flags: TcpFlags,
-    payload: &'a [u8],
+    /// The payload, in pieces laid end to end (a super-packet's are its segments').
+    payload: &'a [&'a [u8]],
+    /// TSO: payload bytes per segment on the wire; 0 for an ordinary segment.
+    gso_size: usize,
 }
 
 impl Stack {
@@ -119,6 +123,7 @@ impl Stack {
     /// 4.2.3.4) allow; arm the retransmission or persist timer.
     pub(crate) fn tcp_write_xmit(&mut self, id: SocketId) {
         let now = self.now;
+        let gso_max = self.dev.gso_max_payload();
         loop {
             let Some(s) = self.tcp_sock_mut(id) else {
                 return;
@@ -175,38 +180,51 @@ impl Stack {
                     i
                 }
             };
-            let seg = &mut s.write_queue[idx];
-            let retrans = seg.lost || seg.sent.is_some();
-            if retrans {
-                seg.retransmitted = true;
-                seg.sent = None;
+            // With TSO, new data leaves as one super-packet of up to `gso_max_payload`
+            // bytes: the following full-sized segments join this one while the window,
+            // cwnd and Nagle would have sent them now anyway (`tcp_tso_should_defer`
+            // aside). The write queue keeps its MSS-sized skbs, so SACK, RACK and
+            // retransmission see exactly what they would without TSO; only the wire
+            // carries fewer, larger frames.
+            let count = if lost.is_none() && gso_max > 0 {
+                s.tso_segs(idx, in_flight, gso_max)
             } else {
-                seg.sent = Some(now);
-            }
-            seg.lost = false;
-            seg.xmit_at = Some(now);
-            s.tx_counter += 1;
-            seg.xmit_order = s.tx_counter;
-            let end = seg.end_seq;
-            if seq_gt(end, s.snd_nxt) {
-                s.snd_nxt = end;
+                1
+            };
+            let mut retrans_segs = 0;
+            for seg in s.write_queue.range_mut(idx..idx + count) {
+                let retrans = seg.lost || seg.sent.is_some();
+                retrans_segs += u64::from(retrans);
+                if retrans {
+                    seg.retransmitted = true;
+                    seg.sent = None;
+                } else {
+                    seg.sent = Some(now);
+                }
+                seg.lost = false;
+                seg.xmit_at = Some(now);
+                s.tx_counter += 1;
+                seg.xmit_order = s.tx_counter;
+                if seq_gt(seg.end_seq, s.snd_nxt) {
+                    s.snd_nxt = seg.end_seq;
+                }
             }
             if s.rto_timer.is_none() {
                 s.rto_timer = Some(now + s.rto);
             }
             s.arm_tlp(now);
             s.persist_timer = None;
-            if retrans {
-                self.snmp.tcp.retrans_segs += 1;
-            }
-            self.tcp_transmit_seg(id, idx);
+            self.snmp.tcp.retrans_segs += retrans_segs;
+            self.tcp_transmit_seg(id, idx, count);
         }
     }
 
-    /// `tcp_transmit_skb` for the write-queue segment at `idx`.
-    fn tcp_transmit_seg(&mut self, id: SocketId, idx: usize) {
+    /// `tcp_transmit_skb` for `count` consecutive write-queue segments from `idx`: one
+    /// segment, or a TSO super-packet whose payload is theirs end to end.
+    fn tcp_transmit_seg(&mut self, id: SocketId, idx: usize, count: usize) {
         let Some(s) = self.tcp_sock(id) else { return };
         let seg = &s.write_queue[idx];
+        let last = &s.write_queue[idx + count - 1];
         let mut flags = TcpFlags::ACK;
         if seg.syn {
             flags = if s.state == TcpState::SynSent {
@@ -215,22 +233,42 @@ impl Stack {
                 TcpFlags::SYN | TcpFlags::ACK
             };
         }
-        if seg.fin {
+        if last.fin {
             flags |= TcpFlags::FIN;
         }
-        if !seg.skb.is_empty() && idx + 1 == s.write_queue.len() {
+        if !last.skb.is_empty() && idx + count == s.write_queue.len() {
             flags |= TcpFlags::PSH;
         }
-        // The skb is cloned so the write queue keeps its copy for retransmission; the
-        // payload is copied behind fresh headers (see docs/architecture.md).
-        let skb = seg.skb.clone();
+        // The payload is copied behind fresh headers; the write queue keeps its skbs for
+        // retransmission (see docs/architecture.md).
         let seq = seg.seq;
+        let mss = usize::from(s.mss);
+        if count == 1 {
+            let skb = seg.skb.clone();
+            self.tcp_transmit(
+                id,
+                Segment {
+                    seq,
+                    flags,
+                    payload: &[skb.data()],
+                    gso_size: 0,
+                },
+            );
+            return;
+        }
+        let skbs: Vec<_> = s
+            .write_queue
+            .range(idx..idx + count)
+            .map(|t| t.skb.clone())
+            .collect();
+        let payload: Vec<&[u8]> = skbs.iter().map(|b| b.data()).collect();
         self.tcp_transmit(
             id,
             Segment {
                 seq,
                 flags,
-                payload: skb.data(),
+                payload: &payload,
+                gso_size: mss,
             },
         );
     }
@@ -297,7 +335,20 @@ impl Stack {
             s.delack_timer = None;
             s.segs_unacked = 0;
         }
-        self.tcp_output_segment(local, remote, &repr, seg.payload);
+        // Options must not push a full segment over the MTU: SACK blocks are what varies,
+        // so fewer of them go out (tcp_current_mss counts them against the MSS instead;
+        // the effect on the wire is the same: no segment needs fragmenting).
+        let per_seg = if seg.gso_size > 0 {
+            seg.gso_size
+        } else {
+            seg.payload.iter().map(|p| p.len()).sum()
+        };
+        let mtu = self.dev.mtu;
+        while !repr.sack_blocks.is_empty() && 20 + repr.header_len() + per_seg > mtu {
+            let n = repr.sack_blocks_emitted();
+            repr.sack_blocks.truncate(n.saturating_sub(1));
+        }
+        self.tcp_output_gso(local, remote, &repr, seg.payload, seg.gso_size);
     }
 
     /// Put a header in front of `payload` and send it from `local` to `remote`.
@@ -308,13 +359,52 @@ impl Stack {
         repr: &TcpRepr,
         payload: &[u8],
     ) {
+        self.tcp_output_gso(local, remote, repr, &[payload], 0);
+    }
+
+    /// Put a header in front of the `payload` pieces and send them from `local` to
+    /// `remote`: one segment, or with `gso_size > 0` a TSO super-packet the device cuts
+    /// into `gso_size`-byte segments (each counted in OutSegs, as the kernel counts
+    /// `tcp_skb_pcount`). With checksum offload the checksum is left to the device.
+    fn tcp_output_gso(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        repr: &TcpRepr,
+        payload: &[&[u8]],
+        gso_size: usize,
+    ) {
         let hlen = repr.header_len();
-        let mut skb = self.pool.alloc_tx(hlen + payload.len());
-        let buf = skb.put(hlen + payload.len());
-        buf[hlen..].copy_from_slice(payload);
-        repr.emit(buf, payload.len(), *local.ip(), *remote.ip());
-        skb.reset_transport_header();
-        self.snmp.tcp.out_segs += 1;
+        let len: usize = payload.iter().map(|p| p.len()).sum();
+        let mut skb = self.pool.alloc_tx(hlen + len);
+        let buf = skb.put(hlen + len);
+        let mut at = hlen;
+        for piece in payload {
+            buf[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+        let segs = if gso_size > 0 && len > gso_size {
+            len.div_ceil(gso_size)
+        } else {
+            1
+        };
+        if self.dev.offloads.csum {
+            repr.emit_csum_partial(buf, len, *local.ip(), *remote.ip());
+            skb.reset_transport_header();
+            skb.ip_summed = IpSummed::Partial {
+                csum_start: skb.data_offset() as u16,
+                csum_offset: 16,
+            };
+            if segs > 1 {
+                skb.gso_size = gso_size as u16;
+                skb.gso_segs = segs as u16;
+            }
+        } else {
+            debug_assert_eq!(segs, 1, "TSO without checksum offload");
+            repr.emit(buf, len, *local.ip(), *remote.ip());
+            skb.reset_transport_header();
+        }
+        self.snmp.tcp.out_segs += segs as u64;
         if repr.flags.contains(TcpFlags::RST) {
             self.snmp.tcp.out_rsts += 1;
         }
@@ -384,6 +474,7 @@ impl Stack {
                 seq,
                 flags: TcpFlags::ACK,
                 payload: &[],
+                gso_size: 0,
             },
         );
     }
@@ -399,6 +490,7 @@ impl Stack {
                 seq,
                 flags: TcpFlags::ACK,
                 payload: &[],
+                gso_size: 0,
             },
         );
     }

@@ -753,6 +753,34 @@ impl TcpRepr {
     /// # Panics
     /// If `buf` is shorter than `header_len() + payload_len` or that exceeds 65535.
     pub fn emit(&self, buf: &mut [u8], payload_len: usize, src: Ipv4Addr, dst: Ipv4Addr) {
+        let mut p = self.emit_header(buf, payload_len);
+        p.fill_checksum(src, dst);
+    }
+
+    /// [`TcpRepr::emit`] for a device that computes the checksum (`CHECKSUM_PARTIAL`):
+    /// the checksum field gets only the folded pseudo-header sum over the whole segment
+    /// length, uncomplemented, as `__tcp_v4_send_check` leaves it. The device (or
+    /// `skb_checksum_help`) sums from the TCP header to the end and stores the
+    /// complement at offset 16; for a GSO super-packet the segmentation code adjusts the
+    /// sum for each segment's length.
+    ///
+    /// # Panics
+    /// As [`TcpRepr::emit`].
+    pub fn emit_csum_partial(
+        &self,
+        buf: &mut [u8],
+        payload_len: usize,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) {
+        let mut p = self.emit_header(buf, payload_len);
+        let len = (self.header_len() + payload_len) as u16;
+        let sum = checksum::pseudo_header_sum(src, dst, protocol::TCP, len);
+        p.set_checksum(checksum::fold(sum));
+    }
+
+    /// Header and options, checksum field zero.
+    fn emit_header<'b>(&self, buf: &'b mut [u8], payload_len: usize) -> TcpPacket<&'b mut [u8]> {
         const NOP: u8 = option_kind::NOP;
         let hl = self.header_len();
         let total = hl + payload_len;
@@ -817,8 +845,7 @@ impl TcpRepr {
             }
         }
         debug_assert_eq!(at, hl - MIN_HEADER_LEN);
-
-        p.fill_checksum(src, dst);
+        p
     }
 }
 
