@@ -543,3 +543,297 @@ fn tx_complete(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vnet::{F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_UDP, VNET_HDR_LEN};
+
+    const HEADROOM: usize = 64;
+    const BIG: usize = HEADROOM + VNET_HDR_LEN + ETH_OVERHEAD + MAX_GSO_PACKET;
+
+    /// Ethernet + IPv4 (20) + UDP header + `payload` bytes.
+    fn udp_frame(payload: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[9] = 17;
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[0; 8]);
+        f.extend(std::iter::repeat_n(7, payload));
+        f
+    }
+
+    /// Ethernet + IPv4 (20) + TCP with 12 bytes of options (32) + `payload` bytes.
+    fn tcp_frame(payload: usize, cwr: bool) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[9] = 6;
+        f.extend_from_slice(&ip);
+        let mut tcp = [0u8; 32];
+        tcp[12] = 8 << 4;
+        tcp[13] = 0x10 | if cwr { 0x80 } else { 0 };
+        f.extend_from_slice(&tcp);
+        f.extend(std::iter::repeat_n(9, payload));
+        f
+    }
+
+    /// What a read into a big receive buffer leaves: `hdr` and `frame` from `data`.
+    fn read_into_big(hdr: VnetHdr, frame: &[u8]) -> Skb {
+        let big = SkbPool::new(BIG, 4);
+        let mut skb = big.alloc(BIG);
+        skb.reserve(HEADROOM);
+        hdr.emit(skb.put(VNET_HDR_LEN));
+        skb.put(frame.len()).copy_from_slice(frame);
+        skb
+    }
+
+    fn receive(hdr: VnetHdr, frame: &[u8], copybreak: usize) -> Result<Skb, RxDrop> {
+        receive_vnet(
+            read_into_big(hdr, frame),
+            VNET_HDR_LEN,
+            &SkbPool::default(),
+            HEADROOM,
+            copybreak,
+        )
+    }
+
+    #[test]
+    fn needs_csum_becomes_partial_counted_from_the_head() {
+        let frame = udp_frame(100);
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 6,
+            ..VnetHdr::default()
+        };
+        for copybreak in [0, DEFAULT_RX_COPYBREAK] {
+            let skb = receive(hdr, &frame, copybreak).unwrap();
+            assert_eq!(skb.data(), &frame[..], "vnet header stripped");
+            let want = skb.data_offset() as u16 + 34;
+            assert_eq!(
+                skb.ip_summed,
+                IpSummed::Partial {
+                    csum_start: want,
+                    csum_offset: 6
+                }
+            );
+            assert_eq!((skb.gso_size, skb.gso_segs), (0, 0));
+            if copybreak == 0 {
+                assert_eq!(skb.end(), BIG, "kept in the big buffer");
+                assert_eq!(skb.data_offset(), HEADROOM + VNET_HDR_LEN);
+            } else {
+                assert_eq!(
+                    skb.end(),
+                    stack_core::skb::DEFAULT_BUF_SIZE,
+                    "copied into a pooled buffer"
+                );
+                assert_eq!(skb.data_offset(), HEADROOM, "with the same headroom");
+            }
+        }
+    }
+
+    #[test]
+    fn data_valid_and_nothing() {
+        let frame = udp_frame(10);
+        let valid = VnetHdr {
+            flags: F_DATA_VALID,
+            ..VnetHdr::default()
+        };
+        let skb = receive(valid, &frame, DEFAULT_RX_COPYBREAK).unwrap();
+        assert_eq!(skb.ip_summed, IpSummed::Unnecessary);
+        let skb = receive(VnetHdr::default(), &frame, DEFAULT_RX_COPYBREAK).unwrap();
+        assert_eq!(skb.ip_summed, IpSummed::None);
+    }
+
+    #[test]
+    fn checksum_field_outside_the_frame_is_refused() {
+        let frame = udp_frame(0); // 42 bytes: the UDP checksum is at 40..42
+        let mut hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 6,
+            ..VnetHdr::default()
+        };
+        assert!(receive(hdr, &frame, 0).is_ok());
+        hdr.csum_offset = 7;
+        assert_eq!(receive(hdr, &frame, 0).unwrap_err(), RxDrop::CsumOutside);
+        hdr.csum_start = u16::MAX;
+        assert_eq!(receive(hdr, &frame, 0).unwrap_err(), RxDrop::CsumOutside);
+    }
+
+    #[test]
+    fn tcpv4_gso_counts_segments_from_the_parsed_headers() {
+        // 66 bytes of headers, 2500 of payload in 1000-byte segments: 3 segments. The
+        // kernel's hdr_len is skb_headlen, here pretending the whole frame is linear.
+        let frame = tcp_frame(2500, false);
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4 | GSO_ECN,
+            hdr_len: frame.len() as u16,
+            gso_size: 1000,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let skb = receive(hdr, &frame, 0).unwrap();
+        assert_eq!((skb.gso_size, skb.gso_segs), (1000, 3));
+        let hdr = VnetHdr {
+            gso_size: 500,
+            ..hdr
+        };
+        assert_eq!(receive(hdr, &frame, 0).unwrap().gso_segs, 5);
+
+        // A big frame stays in its buffer under the default copybreak too.
+        let big = tcp_frame(30_000, false);
+        let skb = receive(hdr, &big, DEFAULT_RX_COPYBREAK).unwrap();
+        assert_eq!(skb.end(), BIG);
+        assert_eq!(skb.gso_segs, 60);
+    }
+
+    #[test]
+    fn gso_we_did_not_offer_is_refused() {
+        let frame = tcp_frame(2500, false);
+        let hdr = VnetHdr {
+            gso_type: GSO_TCPV4,
+            gso_size: 0,
+            ..VnetHdr::default()
+        };
+        assert_eq!(receive(hdr, &frame, 0).unwrap_err(), RxDrop::Gso(GSO_TCPV4));
+        let udp = VnetHdr {
+            gso_type: GSO_UDP,
+            gso_size: 1000,
+            ..VnetHdr::default()
+        };
+        assert_eq!(receive(udp, &frame, 0).unwrap_err(), RxDrop::Gso(GSO_UDP));
+        let not_tcp = VnetHdr {
+            gso_type: GSO_TCPV4,
+            gso_size: 1000,
+            ..VnetHdr::default()
+        };
+        assert!(matches!(
+            receive(not_tcp, &udp_frame(3000), 0).unwrap_err(),
+            RxDrop::GsoHeaders(_)
+        ));
+    }
+
+    #[test]
+    fn a_read_shorter_than_the_header_is_refused() {
+        let big = SkbPool::new(BIG, 1);
+        let mut skb = big.alloc(BIG);
+        skb.reserve(HEADROOM);
+        skb.put(4);
+        assert!(matches!(
+            receive_vnet(skb, VNET_HDR_LEN, &SkbPool::default(), HEADROOM, 0),
+            Err(RxDrop::Header(_))
+        ));
+    }
+
+    /// An egress skb as the stack makes it: headroom, frame, metadata.
+    fn egress(frame: &[u8]) -> Skb {
+        SkbPool::default().from_slice(stack_core::skb::MAX_HEADER - 54, frame)
+    }
+
+    #[test]
+    fn partial_checksum_goes_out_frame_relative() {
+        let mut skb = egress(&udp_frame(20));
+        skb.ip_summed = IpSummed::Partial {
+            csum_start: (skb.data_offset() + 34) as u16,
+            csum_offset: 6,
+        };
+        let hdr = vnet_hdr_for(&skb).unwrap();
+        assert_eq!(
+            hdr,
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                csum_start: 34,
+                csum_offset: 6,
+                ..VnetHdr::default()
+            }
+        );
+        // Pointing before the frame or past its end cannot be described.
+        skb.ip_summed = IpSummed::Partial {
+            csum_start: 2,
+            csum_offset: 6,
+        };
+        assert_eq!(vnet_hdr_for(&skb), Err(TxDrop::CsumOutside));
+        skb.ip_summed = IpSummed::Partial {
+            csum_start: (skb.data_offset() + 34) as u16,
+            csum_offset: 100,
+        };
+        assert_eq!(vnet_hdr_for(&skb), Err(TxDrop::CsumOutside));
+    }
+
+    #[test]
+    fn gso_goes_out_as_tcpv4_with_the_header_length() {
+        let mut skb = egress(&tcp_frame(4000, false));
+        skb.gso_size = 1448;
+        skb.gso_segs = 3;
+        skb.ip_summed = IpSummed::Partial {
+            csum_start: (skb.data_offset() + 34) as u16,
+            csum_offset: 16,
+        };
+        let hdr = vnet_hdr_for(&skb).unwrap();
+        assert_eq!(hdr.gso_type, GSO_TCPV4);
+        assert_eq!((hdr.gso_size, hdr.hdr_len), (1448, 66));
+        assert_eq!(
+            (hdr.flags, hdr.csum_start, hdr.csum_offset),
+            (F_NEEDS_CSUM, 34, 16)
+        );
+
+        let mut cwr = egress(&tcp_frame(4000, true));
+        cwr.gso_size = 1448;
+        assert_eq!(vnet_hdr_for(&cwr).unwrap().gso_type, GSO_TCPV4 | GSO_ECN);
+
+        let mut udp = egress(&udp_frame(4000));
+        udp.gso_size = 1448;
+        assert!(matches!(vnet_hdr_for(&udp), Err(TxDrop::GsoHeaders(_))));
+    }
+
+    #[test]
+    fn the_header_goes_into_headroom_only_when_the_buffer_is_ours() {
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 6,
+            ..VnetHdr::default()
+        };
+        let frame = udp_frame(20);
+
+        match tx_layout(egress(&frame), Some(hdr), VNET_HDR_LEN) {
+            TxLayout::Linear(skb, n) => {
+                assert_eq!(n, VNET_HDR_LEN);
+                assert_eq!(&skb.data()[..VNET_HDR_LEN], &hdr.to_bytes());
+                assert_eq!(&skb.data()[VNET_HDR_LEN..], &frame[..]);
+            }
+            TxLayout::Vectored(..) => panic!("room in front: no writev"),
+        }
+        // A longer vnet header (TUNSETVNETHDRSZ 12) is padded with zeros.
+        match tx_layout(egress(&frame), Some(hdr), 12) {
+            TxLayout::Linear(skb, 12) => assert_eq!(&skb.data()[10..12], &[0, 0]),
+            _ => panic!("room for 12"),
+        }
+
+        let shared = egress(&frame);
+        let clone = shared.clone();
+        match tx_layout(shared, Some(hdr), VNET_HDR_LEN) {
+            TxLayout::Vectored(h, skb) => {
+                assert_eq!(h.data(), &hdr.to_bytes());
+                assert_eq!(skb.data(), &frame[..]);
+            }
+            TxLayout::Linear(..) => panic!("a shared buffer's headroom is not ours"),
+        }
+        assert_eq!(clone.data(), &frame[..]);
+
+        match tx_layout(Skb::from_vec(frame.clone()), Some(hdr), VNET_HDR_LEN) {
+            TxLayout::Vectored(_, skb) => assert_eq!(skb.data(), &frame[..]),
+            TxLayout::Linear(..) => panic!("no headroom"),
+        }
+        match tx_layout(Skb::from_vec(frame.clone()), None, 0) {
+            TxLayout::Linear(skb, 0) => assert_eq!(skb.data(), &frame[..]),
+            _ => panic!("no vnet header: the skb as it is"),
+        }
+    }
+}

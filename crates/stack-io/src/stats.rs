@@ -10,16 +10,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct IoStats {
     /// Frames read from the TAP, including those dropped afterwards.
     pub rx_packets: AtomicU64,
+    /// Frame bytes (from the Ethernet header; a vnet header is not counted).
     pub rx_bytes: AtomicU64,
     /// Frames read but dropped because the RX ring (channel to the stack) was full or
     /// closed: the NIC RX ring overflowing.
     pub rx_dropped: AtomicU64,
-    /// Failed reads.
+    /// Failed reads, and frames dropped because their vnet header could not be honoured
+    /// (see `device::receive_vnet`). `rx_packets`/`rx_bytes` count neither.
     pub rx_errors: AtomicU64,
     /// Frames fully written to the TAP.
     pub tx_packets: AtomicU64,
+    /// Frame bytes (a vnet header is not counted).
     pub tx_bytes: AtomicU64,
-    /// Failed or short writes.
+    /// Failed or short writes, and frames dropped because no vnet header could describe
+    /// their offload metadata.
     pub tx_errors: AtomicU64,
     /// Batches of writes handed to io_uring together (one `io_uring_enter` each, unless
     /// the submission queue filled up mid-batch).
