@@ -1,4 +1,5 @@
-//! The device loop against a real kernel: a TAP device in a throwaway network namespace.
+//! The device loop against a real kernel: a TAP device in a throwaway network namespace,
+//! attached plainly and with offloads (virtio_net_hdr, TUN_F_CSUM | TUN_F_TSO4).
 //! The kernel side (192.0.2.1) makes frames that must arrive on our RX ring, and frames
 //! we put on the TX ring must reach it.
 
@@ -378,4 +379,377 @@ fn attach_errors_say_what_is_wrong() {
         "no TAP device named \"nothere0\" in this network namespace \
          (create it with: ip tuntap add dev nothere0 mode tap)"
     );
+}
+
+// ---- offloads (IFF_VNET_HDR + TUNSETOFFLOAD) ----
+
+/// One's complement sum of `data` as big-endian 16-bit words, not folded.
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// The IPv4 pseudo-header's sum (RFC 768/793), not complemented: what a NEEDS_CSUM
+/// frame carries in its checksum field.
+fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u16 {
+    fold(sum16(&src.octets()) + sum16(&dst.octets()) + u32::from(proto) + len as u32)
+}
+
+/// Ethernet + IPv4 (no options, header checksum filled in) around `l4`.
+fn ipv4_frame(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&OUR_MAC);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = !fold(sum16(&ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(l4);
+    f
+}
+
+/// A UDP datagram from us to the kernel whose checksum field holds only the
+/// pseudo-header sum: valid only if the receiver finishes it (NEEDS_CSUM).
+fn udp_with_pseudo_sum(dst_mac: [u8; 6], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut udp = Vec::with_capacity(len);
+    udp.extend_from_slice(&7777u16.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&(len as u16).to_be_bytes());
+    udp.extend_from_slice(&pseudo_sum(OUR_IP, KERNEL_IP, 17, len).to_be_bytes());
+    udp.extend_from_slice(payload);
+    ipv4_frame(dst_mac, OUR_IP, KERNEL_IP, 17, &udp)
+}
+
+/// Whether the UDP checksum of an Ethernet/IPv4/UDP frame (no IP options) verifies.
+fn udp_checksum_ok(f: &[u8]) -> bool {
+    let src = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+    let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+    let udp = &f[34..];
+    let total = sum16(udp) + u32::from(pseudo_sum(src, dst, 17, udp.len()));
+    fold(total) == 0xffff
+}
+
+fn is_udp_to(f: &[u8], dst: Ipv4Addr, dport: u16) -> bool {
+    f.len() >= 42
+        && ethertype(f) == 0x0800
+        && f[23] == 17
+        && f[30..34] == dst.octets()
+        && u16::from_be_bytes([f[36], f[37]]) == dport
+}
+
+/// The next skb on the RX ring whose frame `want` accepts.
+async fn recv_skb_matching(rx: &mut mpsc::Receiver<Skb>, want: impl Fn(&[u8]) -> bool) -> Skb {
+    let fut = async {
+        loop {
+            let skb = rx.next().await.expect("RX ring closed");
+            if want(skb.data()) {
+                return skb;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .expect("no matching frame within 5 s")
+}
+
+/// A TAP with 192.0.2.1 on the kernel side and 192.0.2.2 (us) a permanent neighbour, so
+/// the kernel sends IP straight away without asking ARP.
+fn offload_netns() -> NetNs {
+    let ns = NetNs::new();
+    ns.add_tap("ustack0");
+    ns.ip(&[
+        "neigh",
+        "add",
+        "192.0.2.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "ustack0",
+        "nud",
+        "permanent",
+    ]);
+    ns
+}
+
+#[test]
+#[ignore = "needs root and a network namespace: run with cargo xtask test"]
+fn offload_rx_gives_partial_checksums_and_tso_super_packets() {
+    use stack_core::skb::IpSummed;
+    use stack_io::{Offloads, TapOptions};
+
+    let ns = offload_netns();
+    let ns_name = ns.name().to_owned();
+    let stats = ns.run_in(LIMIT, move || {
+        let tap = Tap::attach_with("ustack0", TapOptions { offload: true }).expect("attach");
+        assert!(tap.vnet_hdr());
+        assert_eq!(tap.vnet_hdr_len(), 10);
+        assert_eq!(
+            tap.offloads(),
+            Offloads {
+                csum: true,
+                tso4: true
+            }
+        );
+        wait_oper_up(&ns_name, "ustack0");
+        let stats = Arc::new(IoStats::new());
+        let (rx_sender, mut rx) = mpsc::channel(256);
+        let (mut tx, tx_receiver) = mpsc::channel(64);
+        let dev_stats = stats.clone();
+        tokio_uring::start(async move {
+            let dev = tokio_uring::spawn(run_device(
+                tap,
+                SkbPool::default(),
+                rx_sender,
+                tx_receiver,
+                dev_stats,
+                DeviceConfig::default(),
+            ));
+
+            // UDP from a kernel socket: with TUN_F_CSUM the kernel leaves the checksum
+            // to the device (CHECKSUM_PARTIAL), and tells us with NEEDS_CSUM.
+            let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
+            sock.send_to(&[0xab; 300], (OUR_IP, 9)).expect("send");
+            let skb = recv_skb_matching(&mut rx, |f| is_udp_to(f, OUR_IP, 9)).await;
+            let IpSummed::Partial {
+                csum_start,
+                csum_offset,
+            } = skb.ip_summed
+            else {
+                panic!(
+                    "UDP from the kernel should need its checksum: {:?}",
+                    skb.ip_summed
+                );
+            };
+            let start = usize::from(csum_start) - skb.data_offset();
+            assert_eq!((start, csum_offset), (34, 6), "UDP header, check field");
+            let f = skb.data();
+            let field = u16::from_be_bytes([f[40], f[41]]);
+            assert_eq!(field, pseudo_sum(KERNEL_IP, OUR_IP, 17, f.len() - 34));
+            assert!(!udp_checksum_ok(f), "unfinished as the kernel left it");
+            // Finishing it as a device would gives a checksum that verifies.
+            let mut done = f.to_vec();
+            let c = !fold(sum16(&done[start..]));
+            done[start + 6..start + 8].copy_from_slice(&c.to_be_bytes());
+            assert!(udp_checksum_ok(&done));
+            assert_eq!(
+                skb.end(),
+                SkbPool::default().buf_size(),
+                "copied: copybreak"
+            );
+            let kernel_mac: [u8; 6] = f[6..12].try_into().unwrap();
+
+            // TCP with TSO: a kernel client connects to us; we answer the SYN by hand
+            // (the loop is no TCP peer) with a 64 KiB window, and the first flight
+            // (initial cwnd 10 segments) leaves the kernel as one or more super-packets.
+            let (conn_tx, conn_rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let s = std::net::TcpStream::connect_timeout(
+                    &(OUR_IP, 5001).into(),
+                    Duration::from_secs(5),
+                )
+                .expect("connect");
+                s.set_nonblocking(true).unwrap();
+                let _ = std::io::Write::write(&mut &s, &vec![0x5a; 100_000]);
+                let _ = conn_tx.send(s);
+            });
+            let is_tcp_from_kernel = |f: &[u8]| {
+                f.len() >= 54
+                    && ethertype(f) == 0x0800
+                    && f[23] == 6
+                    && f[26..30] == KERNEL_IP.octets()
+                    && u16::from_be_bytes([f[36], f[37]]) == 5001
+            };
+            let syn =
+                recv_skb_matching(&mut rx, |f| is_tcp_from_kernel(f) && f[47] & 0x02 != 0).await;
+            let s = syn.data();
+            let cport = u16::from_be_bytes([s[34], s[35]]);
+            let cseq = u32::from_be_bytes([s[38], s[39], s[40], s[41]]);
+            let mut tcp = Vec::new();
+            tcp.extend_from_slice(&5001u16.to_be_bytes());
+            tcp.extend_from_slice(&cport.to_be_bytes());
+            tcp.extend_from_slice(&1000u32.to_be_bytes());
+            tcp.extend_from_slice(&cseq.wrapping_add(1).to_be_bytes());
+            tcp.extend_from_slice(&[6 << 4, 0x12, 0xff, 0xff, 0, 0, 0, 0]);
+            tcp.extend_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
+            let c = !fold(sum16(&tcp) + u32::from(pseudo_sum(OUR_IP, KERNEL_IP, 6, tcp.len())));
+            tcp[16..18].copy_from_slice(&c.to_be_bytes());
+            let synack = ipv4_frame(kernel_mac, OUR_IP, KERNEL_IP, 6, &tcp);
+            tx.send(Skb::from_vec(synack)).await.expect("TX ring open");
+
+            let big = recv_skb_matching(&mut rx, |f| is_tcp_from_kernel(f) && f.len() > 1514).await;
+            println!(
+                "super-packet: {} bytes, gso_size {}, gso_segs {}, {:?}",
+                big.len(),
+                big.gso_size,
+                big.gso_segs,
+                big.ip_summed
+            );
+            assert!(big.gso_size > 0 && big.gso_size <= 1460, "{}", big.gso_size);
+            let payload = big.len() - 54;
+            assert_eq!(
+                usize::from(big.gso_segs),
+                payload.div_ceil(usize::from(big.gso_size))
+            );
+            assert!(big.gso_segs >= 2);
+            assert!(matches!(
+                big.ip_summed,
+                IpSummed::Partial {
+                    csum_offset: 16,
+                    ..
+                }
+            ));
+            // Under the copybreak a super-packet is copied out of the 64 KiB buffer
+            // into one of its own size; over it, it keeps the big buffer.
+            if big.len() < stack_io::device::DEFAULT_RX_COPYBREAK {
+                assert_eq!(big.end(), 64 + big.len(), "copied, right-sized");
+            } else {
+                assert_eq!(big.end(), 64 + 10 + 18 + 65535, "kept");
+            }
+            let _client = conn_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("connected");
+
+            drop(tx);
+            dev.await.expect("device task").expect("device loop");
+        });
+        stats.snapshot()
+    });
+    println!("{stats}");
+    assert_eq!((stats.rx_errors, stats.tx_errors), (0, 0), "{stats}");
+    assert_eq!(stats.tx_packets, 1);
+}
+
+#[test]
+#[ignore = "needs root and a network namespace: run with cargo xtask test"]
+fn offload_tx_needs_csum_is_finished_by_the_kernel() {
+    use stack_core::skb::IpSummed;
+    use stack_io::TapOptions;
+
+    let ns = offload_netns();
+    let ns_name = ns.name().to_owned();
+    let (stats, got) = ns.run_in(LIMIT, move || {
+        let tap = Tap::attach_with("ustack0", TapOptions { offload: true }).expect("attach");
+        wait_oper_up(&ns_name, "ustack0");
+        let stats = Arc::new(IoStats::new());
+        let (rx_sender, mut rx) = mpsc::channel(64);
+        let (mut tx, tx_receiver) = mpsc::channel(64);
+        let dev_stats = stats.clone();
+        let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let got = tokio_uring::start(async move {
+            let dev = tokio_uring::spawn(run_device(
+                tap,
+                SkbPool::default(),
+                rx_sender,
+                tx_receiver,
+                dev_stats,
+                DeviceConfig::default(),
+            ));
+            // Learn the kernel's MAC from a frame it sends us.
+            sock.send_to(b"hi", (OUR_IP, 9)).expect("send");
+            let hello = recv_matching(&mut rx, |f| is_udp_to(f, OUR_IP, 9)).await;
+            let kernel_mac: [u8; 6] = hello[6..12].try_into().unwrap();
+
+            let mut got = Vec::new();
+            // 1: NEEDS_CSUM, header pushed into the skb's headroom (a pooled skb).
+            // 2: NEEDS_CSUM, no headroom (Skb::from_vec): header and frame by writev.
+            // 3: the same unfinished checksum without NEEDS_CSUM: the kernel must drop it.
+            for (i, headroom) in [(1u8, Some(64)), (2, None), (3, Some(64))] {
+                let frame = udp_with_pseudo_sum(kernel_mac, port, &[i; 100]);
+                assert!(!udp_checksum_ok(&frame));
+                let mut skb = match headroom {
+                    Some(h) => SkbPool::default().from_slice(h, &frame),
+                    None => Skb::from_vec(frame),
+                };
+                if i != 3 {
+                    skb.ip_summed = IpSummed::Partial {
+                        csum_start: (skb.data_offset() + 34) as u16,
+                        csum_offset: 6,
+                    };
+                }
+                tx.send(skb).await.expect("TX ring open");
+                // Give the write a moment to complete, then read on a plain thread.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut buf = [0u8; 200];
+                got.push(match sock.recv_from(&mut buf) {
+                    Ok((n, from)) => Some((buf[0], n, from)),
+                    Err(_) => None,
+                });
+            }
+            drop(tx);
+            dev.await.expect("device task").expect("device loop");
+            got
+        });
+        (stats.snapshot(), got)
+    });
+    println!("{stats}\n{got:?}");
+    let from = std::net::SocketAddr::from((OUR_IP, 7777));
+    assert_eq!(got[0], Some((1, 100, from)), "header in the headroom");
+    assert_eq!(got[1], Some((2, 100, from)), "header by writev");
+    assert_eq!(got[2], None, "no NEEDS_CSUM: bad checksum, dropped");
+    assert_eq!(stats.tx_packets, 3);
+    assert_eq!(
+        stats.tx_bytes,
+        3 * (14 + 20 + 8 + 100),
+        "without vnet headers"
+    );
+    assert_eq!(stats.tx_errors, 0);
+}
+
+#[test]
+#[ignore = "needs root and a network namespace: run with cargo xtask test"]
+fn plain_attach_after_offload_gets_finished_checksums() {
+    use stack_core::skb::IpSummed;
+    use stack_io::TapOptions;
+
+    let ns = offload_netns();
+    let ns_name = ns.name().to_owned();
+    ns.run_in(LIMIT, move || {
+        // Offloads are the device's, not the fd's: they outlive this attachment.
+        drop(Tap::attach_with("ustack0", TapOptions { offload: true }).expect("attach"));
+        let tap = Tap::attach("ustack0").expect("attach");
+        assert!(!tap.vnet_hdr());
+        assert_eq!(tap.offloads(), stack_io::Offloads::default());
+        wait_oper_up(&ns_name, "ustack0");
+        let (rx_sender, mut rx) = mpsc::channel(64);
+        let (tx, tx_receiver) = mpsc::channel::<Skb>(1);
+        tokio_uring::start(async move {
+            let dev = tokio_uring::spawn(run_device(
+                tap,
+                SkbPool::default(),
+                rx_sender,
+                tx_receiver,
+                Arc::new(IoStats::new()),
+                DeviceConfig::default(),
+            ));
+            let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
+            sock.send_to(&[0xcd; 300], (OUR_IP, 9)).expect("send");
+            let skb = recv_skb_matching(&mut rx, |f| is_udp_to(f, OUR_IP, 9)).await;
+            assert_eq!(skb.ip_summed, IpSummed::None);
+            assert!(
+                udp_checksum_ok(skb.data()),
+                "a reader without a vnet header must get finished checksums"
+            );
+            drop(tx);
+            dev.await.expect("device task").expect("device loop");
+        });
+    });
 }
