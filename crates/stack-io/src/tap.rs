@@ -45,10 +45,14 @@ pub struct TapOptions {
     pub offload: bool,
 }
 
-/// What the device does for us, as agreed with TUNSETOFFLOAD. The stack core needs to
-/// know: with `csum` it may hand over frames with unfinished transport checksums
-/// (`IpSummed::Partial`) and will receive such frames; with `tso4` it may hand over
-/// TCP/IPv4 super-packets up to 64 KiB (`gso_size > 0`) and will receive them.
+/// What the device does for us, as agreed with TUNSETOFFLOAD: the `dev->features` to
+/// give the stack core (`stack_core::stack::Offloads { csum, tso }`). With `csum` the
+/// kernel sends us frames with unfinished transport checksums (`IpSummed::Partial`) and
+/// the core may leave its own unfinished; with `tso4` the kernel sends TCP/IPv4
+/// super-packets of up to 64 KiB (`gso_size > 0`) and the core may send them. (The
+/// kernel would accept NEEDS_CSUM and GSO frames from us over any vnet header, since
+/// `tun_get_user` always honours the header; TUNSETOFFLOAD only governs what it sends,
+/// but a core that offloads to a device that did not agree is asking for trouble.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offloads {
     /// `TUN_F_CSUM`: the kernel turns on NETIF_F_HW_CSUM for the device.
