@@ -22,9 +22,9 @@ use std::thread::{self, JoinHandle, ThreadId};
 use futures::channel::{mpsc, oneshot};
 use futures::SinkExt;
 use stack_core::impair::{ImpairConfig, Impairment};
-use stack_core::stack::{SocketId, Stack, StackConfig};
+use stack_core::stack::{Offloads, SocketId, Stack, StackConfig};
 use stack_core::Instant;
-use stack_io::{run_device, DeviceConfig, IoStats, IoStatsSnapshot, Tap};
+use stack_io::{run_device, DeviceConfig, IoStats, IoStatsSnapshot, Tap, TapOptions};
 
 use crate::proto::{Clock, Command, Exit, Protocol, ReadableFn, StackCtx};
 
@@ -73,11 +73,24 @@ impl fmt::Debug for StackHandle {
 }
 
 /// How to run a stack, beyond its address.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct StackOptions {
     /// Impair the link in both directions (loss, duplication, reordering, corruption,
     /// delay, rate), seeded: the stand-in for netem, which this kernel lacks.
     pub impair: Option<ImpairConfig>,
+    /// Ask the TAP for checksum and TCP segmentation offload (a virtio-net header on
+    /// every frame, TSO super-packets both ways). On by default; if the kernel refuses,
+    /// the stack runs without, as it does when this is off.
+    pub offload: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            impair: None,
+            offload: true,
+        }
+    }
 }
 
 impl StackHandle {
@@ -99,7 +112,24 @@ impl StackHandle {
         seed: u64,
         options: StackOptions,
     ) -> io::Result<StackHandle> {
-        let tap = Tap::attach(tap_name)?;
+        let tap = Tap::attach_with(
+            tap_name,
+            TapOptions {
+                offload: options.offload,
+            },
+        )?;
+        let mut config = config;
+        let granted = tap.offloads();
+        config.offloads = Offloads {
+            csum: granted.csum,
+            tso: granted.tso4,
+        };
+        if options.offload && !granted.tso4 {
+            tracing::info!(
+                device = tap_name,
+                "the TAP refused TCP segmentation offload; sending wire-size frames"
+            );
+        }
         let ifindex = tap.ifindex();
         // So that the kernel's first frames towards us are not dropped on its side.
         match tap.wait_running(LINK_UP_WAIT) {

@@ -76,6 +76,18 @@ impl Clock {
     }
 }
 
+/// What a wire carries for `skb`: its segments if it is a GSO super-packet, with every
+/// checksum complete (`skb_gso_segment`). Impairing a 64 KB super-packet as one frame
+/// would lose or corrupt 45 segments at once, which is not the link `--impair` asks for.
+fn wire_frames(skb: Skb) -> Vec<Skb> {
+    let mut out = Vec::new();
+    let pool = stack_core::SkbPool::default();
+    if let Err(e) = stack_core::gso::skb_gso_segment(skb, &pool, &mut out) {
+        tracing::debug!(?e, "impairment: frame not wire-ready, dropped");
+    }
+    out
+}
+
 pub(crate) struct Protocol {
     stack: Stack,
     clock: Clock,
@@ -175,7 +187,13 @@ impl Future for Protocol {
                 Poll::Ready(Some(mut skb)) => {
                     skb.tstamp = now;
                     match this.impair.as_mut() {
-                        Some(imp) => imp.0.push(now, skb),
+                        Some(imp) => {
+                            // The impairment stands for a wire: it sees the segments a
+                            // GSO super-packet from the kernel stands for.
+                            for frame in wire_frames(skb) {
+                                imp.0.push(now, frame);
+                            }
+                        }
                         None => this.stack.netif_receive_skb(now, skb),
                     }
                 }
@@ -257,7 +275,9 @@ impl Future for Protocol {
             // is bounded and counts its own overflow), and what is due leaves for the
             // ring below.
             while let Some(skb) = this.stack.poll_transmit(now) {
-                imp.1.push(now, skb);
+                for frame in wire_frames(skb) {
+                    imp.1.push(now, frame);
+                }
             }
         }
         let mut tx = Pin::new(&mut this.tx_ring);

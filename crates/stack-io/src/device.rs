@@ -378,6 +378,12 @@ pub async fn run_device(
                     }
                 }
                 Err(err) if is_fatal(&err) => return Poll::Ready(Err(fatal(&name, "read", err))),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    // Several reads wait on the same fd; when a frame arrives the kernel
+                    // wakes them all, one gets the frame and the others, on a
+                    // non-blocking fd, complete with EAGAIN. Nothing was lost: post again.
+                    IoStats::add(&stats.rx_empty, 1);
+                }
                 Err(err) => {
                     IoStats::add(&stats.rx_errors, 1);
                     rx_error_run += 1;

@@ -28,6 +28,9 @@ pub struct IoStats {
     /// Batches of writes handed to io_uring together (one `io_uring_enter` each, unless
     /// the submission queue filled up mid-batch).
     pub tx_batches: AtomicU64,
+    /// Reads that found no frame (EAGAIN): several reads wait on the fd and a frame wakes
+    /// them all. Not an error; a high count means more reads are posted than needed.
+    pub rx_empty: AtomicU64,
 }
 
 /// A copy of [`IoStats`] at one moment.
@@ -41,6 +44,7 @@ pub struct IoStatsSnapshot {
     pub tx_bytes: u64,
     pub tx_errors: u64,
     pub tx_batches: u64,
+    pub rx_empty: u64,
 }
 
 impl IoStats {
@@ -59,6 +63,7 @@ impl IoStats {
             tx_bytes: r(&self.tx_bytes),
             tx_errors: r(&self.tx_errors),
             tx_batches: r(&self.tx_batches),
+            rx_empty: r(&self.rx_empty),
         }
     }
 
@@ -72,11 +77,11 @@ impl fmt::Display for IoStatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "Io: RxPackets RxBytes RxDropped RxErrors TxPackets TxBytes TxErrors TxBatches"
+            "Io: RxPackets RxBytes RxDropped RxErrors TxPackets TxBytes TxErrors TxBatches RxEmpty"
         )?;
         write!(
             f,
-            "Io: {} {} {} {} {} {} {} {}",
+            "Io: {} {} {} {} {} {} {} {} {}",
             self.rx_packets,
             self.rx_bytes,
             self.rx_dropped,
@@ -84,7 +89,8 @@ impl fmt::Display for IoStatsSnapshot {
             self.tx_packets,
             self.tx_bytes,
             self.tx_errors,
-            self.tx_batches
+            self.tx_batches,
+            self.rx_empty
         )
     }
 }
@@ -111,6 +117,7 @@ mod tests {
             &s.tx_bytes,
             &s.tx_errors,
             &s.tx_batches,
+            &s.rx_empty,
         ]
         .into_iter()
         .enumerate()
@@ -119,8 +126,8 @@ mod tests {
         }
         assert_eq!(
             s.to_string(),
-            "Io: RxPackets RxBytes RxDropped RxErrors TxPackets TxBytes TxErrors TxBatches\n\
-             Io: 1 2 3 4 5 6 7 8"
+            "Io: RxPackets RxBytes RxDropped RxErrors TxPackets TxBytes TxErrors TxBatches RxEmpty\n\
+             Io: 1 2 3 4 5 6 7 8 9"
         );
         assert_eq!(s.snapshot().tx_batches, 8);
     }

@@ -53,6 +53,11 @@ pub struct LinkArgs {
     /// loss=5%,dup=2%,reorder=5%,corrupt=0.5%,delay=1ms,jitter=200us,rate=100mbit,seed=7
     #[arg(long, value_parser = parse_impair)]
     pub impair: Option<ImpairConfig>,
+    /// Do not ask the TAP for checksum and TCP segmentation offload (by default the
+    /// stack exchanges up to 64 KB TCP super-packets with the kernel through a
+    /// virtio-net header).
+    #[arg(long)]
+    pub no_offload: bool,
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +157,7 @@ impl LinkArgs {
         let seed = self.seed.unwrap_or_else(os_seed);
         let options = StackOptions {
             impair: self.impair.clone(),
+            offload: !self.no_offload,
         };
         let handle =
             StackHandle::spawn_with(&self.tap, config.clone(), seed, options).map_err(|e| {
