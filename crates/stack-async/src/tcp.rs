@@ -57,7 +57,7 @@ use stack_core::stack::{Event, SocketId, Stack};
 use stack_core::tcp::{
     CongestionControl, Keepalive, Shutdown, TcpState, DEFAULT_RCVBUF, DEFAULT_SNDBUF,
 };
-use stack_core::{Instant, SendError};
+use stack_core::{Instant, SendError, Skb};
 use tokio::io::ReadBuf;
 
 use crate::handle::{stopped, StackHandle};
@@ -211,6 +211,7 @@ impl ByteRing {
     }
 
     /// Copy from the front into `dst`; with `peek` the bytes stay.
+    #[cfg(test)]
     fn copy_out(&mut self, dst: &mut [u8], peek: bool) -> usize {
         let (a, b) = self.data();
         let n1 = a.len().min(dst.len());
@@ -221,6 +222,80 @@ impl ByteRing {
             self.consume(n1 + n2);
         }
         n1 + n2
+    }
+}
+
+/// Most skbs a receive queue holds, whatever their size: a peer sending tiny segments
+/// must not make 256 KiB of data cost thousands of buffers.
+const RECV_SKBS_MAX: usize = 512;
+
+/// The receive queue: the skbs the core received, handed over whole (no copy on the
+/// stack thread) and copied once, into the reader's buffer. Bounded in bytes of data
+/// and in skbs.
+struct SkbRing {
+    q: VecDeque<Skb>,
+    len: usize,
+    max: usize,
+}
+
+impl SkbRing {
+    fn new(max: usize) -> SkbRing {
+        SkbRing {
+            q: VecDeque::new(),
+            len: 0,
+            max,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn is_full(&self) -> bool {
+        self.len >= self.max || self.q.len() >= RECV_SKBS_MAX
+    }
+
+    /// Data bytes that may still come in.
+    fn room(&self) -> usize {
+        self.max.saturating_sub(self.len)
+    }
+
+    fn push(&mut self, skb: Skb) {
+        self.len += skb.len();
+        self.q.push_back(skb);
+    }
+
+    /// Copy from the front into `dst`; with `peek` the bytes stay.
+    fn copy_out(&mut self, dst: &mut [u8], peek: bool) -> usize {
+        let mut n = 0;
+        if peek {
+            for skb in &self.q {
+                let k = skb.len().min(dst.len() - n);
+                dst[n..n + k].copy_from_slice(&skb.data()[..k]);
+                n += k;
+                if n == dst.len() {
+                    break;
+                }
+            }
+            return n;
+        }
+        while n < dst.len() {
+            let Some(skb) = self.q.front_mut() else { break };
+            let k = skb.len().min(dst.len() - n);
+            dst[n..n + k].copy_from_slice(&skb.data()[..k]);
+            n += k;
+            if k == skb.len() {
+                self.q.pop_front();
+            } else {
+                let _ = skb.pull(k);
+            }
+        }
+        self.len -= n;
+        n
     }
 }
 
@@ -249,7 +324,7 @@ fn wake_all(wakers: Vec<Waker>) {
 
 /// The receiving direction of a connection.
 struct RecvSide {
-    ring: ByteRing,
+    ring: SkbRing,
     /// `sk_err`, reported once by the next read or write.
     error: Option<io::Error>,
     /// The core has nothing more to give: the peer's FIN, or the connection is gone.
@@ -303,7 +378,7 @@ impl Conn {
         Conn {
             id,
             recv: Mutex::new(RecvSide {
-                ring: ByteRing::new(TCP_RECV_RING),
+                ring: SkbRing::new(TCP_RECV_RING),
                 error: None,
                 eof: false,
                 stalled: false,
@@ -348,16 +423,15 @@ impl Conn {
                 st.stalled = true;
                 break;
             }
-            let queued = stack.tcp_rcvq_bytes(self.id);
-            let slot = st.ring.write_slot(queued);
-            match stack.tcp_recv(now, self.id, slot, false) {
-                Ok(0) => {
+            let room = st.ring.room();
+            match stack.tcp_recv_skb(now, self.id, room) {
+                Ok(None) => {
                     st.eof = true;
                     changed = true;
                     break;
                 }
-                Ok(n) => {
-                    st.ring.commit(n);
+                Ok(Some(skb)) => {
+                    st.ring.push(skb);
                     changed = true;
                 }
                 // Empty, and the core will signal the next arrival.
@@ -1855,6 +1929,36 @@ mod tests {
         check::<OwnedWriteHalf>();
         check::<ReadHalf<'_>>();
         check::<WriteHalf<'_>>();
+    }
+
+    #[test]
+    fn skb_ring_reads_across_skbs_and_is_bounded() {
+        let pool = stack_core::SkbPool::default();
+        let mut r = SkbRing::new(3000);
+        assert!(r.is_empty() && !r.is_full());
+        r.push(pool.from_slice(0, &[1; 1000]));
+        let tail: Vec<u8> = (0..1500u32).map(|i| i as u8).collect();
+        r.push(pool.from_slice(0, &tail));
+        assert_eq!((r.len(), r.room()), (2500, 500));
+        let mut peeked = vec![0u8; 1200];
+        assert_eq!(r.copy_out(&mut peeked, true), 1200, "peek spans two skbs");
+        assert_eq!(r.len(), 2500, "peek keeps the bytes");
+        let mut out = vec![0u8; 1200];
+        assert_eq!(r.copy_out(&mut out, false), 1200);
+        assert_eq!(out, peeked);
+        assert_eq!(&out[1000..], &tail[..200]);
+        assert_eq!(r.len(), 1300);
+        let mut rest = vec![0u8; 5000];
+        assert_eq!(r.copy_out(&mut rest, false), 1300);
+        assert_eq!(&rest[..1300], &tail[200..]);
+        assert!(r.is_empty());
+        r.push(pool.from_slice(0, &[0; 3000]));
+        assert!(r.is_full(), "full by bytes");
+        let mut r = SkbRing::new(1 << 20);
+        for _ in 0..RECV_SKBS_MAX {
+            r.push(pool.from_slice(0, b"x"));
+        }
+        assert!(r.is_full(), "full by skbs, whatever their size");
     }
 
     #[test]

@@ -73,7 +73,15 @@ struct PoolInner {
     buf_size: usize,
     max_free: usize,
     free: Mutex<Vec<Arc<SkbBuf>>>,
+    /// The second size class: [`LARGE_BUF_SIZE`] buffers for TSO super-packets, which
+    /// would otherwise cost a zeroed 64 KiB allocation and a free each.
+    large: Mutex<Vec<Arc<SkbBuf>>>,
 }
+
+/// Buffers of the large class hold a 64 KiB GSO packet and its headroom.
+pub const LARGE_BUF_SIZE: usize = 65536 + 2 * MAX_HEADER;
+/// Idle large buffers a pool keeps (4 MiB).
+const MAX_LARGE_FREE: usize = 64;
 
 /// A pool of packet buffers (the kernel's skbuff_head_cache plus page_frag allocator,
 /// in spirit). Cheap to clone; buffers return to it from any thread.
@@ -105,6 +113,7 @@ impl SkbPool {
                 buf_size,
                 max_free,
                 free: Mutex::new(Vec::new()),
+                large: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -126,6 +135,13 @@ impl SkbPool {
             recycled.unwrap_or_else(|| {
                 Arc::new(SkbBuf {
                     bytes: vec![0; self.inner.buf_size].into_boxed_slice(),
+                })
+            })
+        } else if size > LARGE_BUF_SIZE / 2 && size <= LARGE_BUF_SIZE {
+            let recycled = self.inner.large.lock().ok().and_then(|mut f| f.pop());
+            recycled.unwrap_or_else(|| {
+                Arc::new(SkbBuf {
+                    bytes: vec![0; LARGE_BUF_SIZE].into_boxed_slice(),
                 })
             })
         } else {
@@ -153,11 +169,13 @@ impl SkbPool {
     }
 
     fn recycle(&self, buf: Arc<SkbBuf>) {
-        if buf.bytes.len() != self.inner.buf_size {
-            return;
-        }
-        if let Ok(mut free) = self.inner.free.lock() {
-            if free.len() < self.inner.max_free {
+        let (list, max) = match buf.bytes.len() {
+            n if n == self.inner.buf_size => (&self.inner.free, self.inner.max_free),
+            LARGE_BUF_SIZE => (&self.inner.large, MAX_LARGE_FREE.min(self.inner.max_free)),
+            _ => return,
+        };
+        if let Ok(mut free) = list.lock() {
+            if free.len() < max {
                 free.push(buf);
             }
         }
@@ -725,6 +743,13 @@ mod tests {
         assert_eq!(big.end(), 4096);
         drop(big);
         assert_eq!(pool.free_count(), 0);
+        // Super-packet sizes come from the large class, and go back to it.
+        let tso = pool.alloc(60_000);
+        assert_eq!(tso.end(), LARGE_BUF_SIZE);
+        let tso_ptr = tso.bytes().as_ptr();
+        drop(tso);
+        assert_eq!(pool.alloc(40_000).bytes().as_ptr(), tso_ptr, "reused");
+        assert_eq!(pool.free_count(), 0, "the small class is apart");
         drop(c);
         let (x, y, z) = (pool.alloc(1), pool.alloc(1), pool.alloc(1));
         drop((x, y, z));

@@ -896,6 +896,58 @@ impl Stack {
         Ok(copied)
     }
 
+    /// [`Stack::tcp_recv`] without the copy: the next in-order data as the skb it came
+    /// in (at most `max` bytes of it; the rest stays queued), for a caller that keeps
+    /// received data as skbs, as `tcp_read_sock` hands skbs to its actor. `Ok(None)` is
+    /// the end of the stream; errors are those of `tcp_recv`. The skb's buffer is no
+    /// longer charged to this socket's receive memory once it is handed out: the caller
+    /// bounds what it holds.
+    pub fn tcp_recv_skb(
+        &mut self,
+        now: Instant,
+        id: SocketId,
+        max: usize,
+    ) -> Result<Option<Skb>, SendError> {
+        self.now = now;
+        let s = self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?;
+        let Some(front) = s.rcvq.front_mut() else {
+            if let Some(e) = s.err.take() {
+                return Err(e);
+            }
+            if s.fin_received || s.shut_rd {
+                return Ok(None);
+            }
+            s.read_signalled = false;
+            return match s.state {
+                TcpState::Listen | TcpState::Closed if !s.fin_received => {
+                    Err(SendError::NotConnected)
+                }
+                _ => Err(SendError::WouldBlock),
+            };
+        };
+        if max == 0 {
+            return Err(SendError::WouldBlock);
+        }
+        let skb = if front.len() <= max {
+            let skb = s.rcvq.pop_front().expect("front exists");
+            s.rmem -= skb.end();
+            skb
+        } else {
+            // Part of it: a clone (sharing the buffer) trimmed to `max`, the rest stays.
+            let mut part = front.clone();
+            part.trim(max);
+            let _ = front.pull(max);
+            part
+        };
+        s.rcvq_bytes -= skb.len();
+        if s.rcvq.is_empty() && !s.fin_received {
+            s.read_signalled = false;
+        }
+        self.tcp_cleanup_rbuf(id);
+        self.process_backlog();
+        Ok(Some(skb))
+    }
+
     /// Bytes ready to read.
     pub fn tcp_rcvq_bytes(&self, id: SocketId) -> usize {
         self.tcp_sock(id).map_or(0, |s| s.rcvq_bytes)
