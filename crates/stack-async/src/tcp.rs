@@ -3,17 +3,18 @@
 //!
 //! ```text
 //!   stack thread                                             caller's executor
-//!   tcp_rcv -> core rcvq --pull (Readable)----> recv ring (256 KiB) --> poll_read / peek
+//!   tcp_rcv -> core rcvq --pull (Readable)----> recv skbs (256 KiB) --> poll_read / peek
 //!   tcp_sendmsg <-------- push (kick, Writable) -- send ring (256 KiB) <-- poll_write
 //!   accept queue --take (Readable)-----------> listener queue (64) --> poll_accept
 //! ```
 //!
-//! Receive. Each connection has a bounded byte ring shared with the stack thread. The
-//! core raises `Event::Readable` when data, the peer's FIN or an error lands on a socket
-//! that was not signalled (`sk_data_ready`); the stack thread then *pulls*: `tcp_recv`
-//! straight into the ring until the core is empty (which re-arms the signal), the ring
-//! is full, or the stream ended. A read copies out of the ring on the caller's thread, so
-//! reading costs no round trip to the stack thread. A pull stopped by a full ring marks
+//! Receive. Each connection has a bounded queue of received skbs shared with the stack
+//! thread (the "ring" below). The core raises `Event::Readable` when data, the peer's
+//! FIN or an error lands on a socket that was not signalled (`sk_data_ready`); the stack
+//! thread then *pulls*: `tcp_recv_skb` moves whole skbs, without copying, until the core
+//! is empty (which re-arms the signal), the ring is full, or the stream ended. A read
+//! copies out of the skbs on the caller's thread: one copy from the wire buffer to the
+//! reader's, and reading costs no round trip to the stack thread. A pull stopped by a full ring marks
 //! the ring *stalled* (the core will not signal what it still holds), and the reader that
 //! brings the ring down to half asks for another pull: one command per 128 KiB read, not
 //! per read. While the ring is full the core's receive queue fills and its window closes,
@@ -506,12 +507,18 @@ impl Conn {
         }
         let mut changed = false;
         let mut failed = None;
+        let was_full = st.ring.is_full();
         while !st.ring.is_empty() && !st.broken {
             let (chunk, _) = st.ring.data();
             match stack.tcp_send(now, self.id, chunk) {
                 Ok(n) => {
                     st.ring.consume(n);
-                    changed = true;
+                    // A writer waits for room only when the ring was full; wake it
+                    // once half the ring is free, not for every few kilobytes an ACK
+                    // makes room for: each wake is a cross-thread wakeup (the
+                    // kernel's sk_stream_write_space waits for a third free, alike).
+                    // Flush waits for an empty ring, which is past half too.
+                    changed |= !was_full || st.ring.room() >= TCP_SEND_RING / 2;
                 }
                 // Full: `want_write` is set in the core, a Writable event follows.
                 Err(SendError::WouldBlock) => {

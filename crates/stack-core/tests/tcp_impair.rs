@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use stack_core::impair::ImpairConfig;
 use stack_core::sim::{Pair, A_ADDR, B_ADDR};
-use stack_core::tcp::TcpState;
+use stack_core::tcp::{TcpState, DEFAULT_RCVBUF};
 use stack_core::{Duration, Offloads, SendError, SocketId};
 
 const TEN_MB: usize = 10 << 20;
@@ -184,8 +184,8 @@ fn ten_mb_with_tso_over_everything_at_once() {
 fn zero_window_is_probed_until_the_reader_returns() {
     let mut p = Pair::new(ImpairConfig::default(), ImpairConfig::default());
     let (c, s) = connect(&mut p);
-    // Fill B's 1 MiB receive buffer without reading: the window closes.
-    let data = pattern(3 << 20, 9);
+    // Fill B's receive buffer without reading: the window closes.
+    let data = pattern(3 * DEFAULT_RCVBUF, 9);
     let mut sent = 0;
     for _ in 0..2000 {
         let now = p.now;
@@ -196,7 +196,7 @@ fn zero_window_is_probed_until_the_reader_returns() {
         p.step(limit);
     }
     assert!(
-        p.b.tcp_rcvq_bytes(s) >= (1 << 20) - 2 * 1448,
+        p.b.tcp_rcvq_bytes(s) >= DEFAULT_RCVBUF - 2 * 1448,
         "B's buffer is full"
     );
     let probes_before = p.a.snmp().tcp.out_segs;

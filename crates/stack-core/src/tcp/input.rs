@@ -1185,7 +1185,7 @@ impl TcpSock {
         // ACK when a single segment is out (else 2 ms), and no later than the RTO would
         // fire: a first timeout is then taken by the probe, which does not collapse the
         // window.
-        let extra = if self.in_flight() == 1 {
+        let extra = if self.in_flight_up_to(2) == 1 {
             Duration::from_millis(200)
         } else {
             Duration::from_millis(2)

@@ -39,19 +39,10 @@ impl Stack {
                 }
             }
         }
-        s.write_queue.push_back(TxSeg {
-            seq,
-            end_seq: seq.wrapping_add(1),
-            syn,
-            fin,
-            skb: pool.alloc(0),
-            sent: None,
-            retransmitted: false,
-            lost: false,
-            sacked: false,
-            xmit_at: None,
-            xmit_order: 0,
-        });
+        let mut seg = TxSeg::new(seq, pool.alloc(0));
+        seg.end_seq = seq.wrapping_add(1);
+        (seg.syn, seg.fin) = (syn, fin);
+        s.write_queue.push_back(seg);
     }
 
     /// `tcp_sendmsg` proper: copy `data` into MSS-sized skbs at the tail of the write
@@ -73,24 +64,28 @@ impl Stack {
                 }
             }
         }
+        // Runs of full segments share one large buffer (Linux fills page frags the same
+        // way): each segment's skb is a clone narrowed to its bytes, so a 64 KB write
+        // costs one allocation, not 45, and freeing the acknowledged segments touches
+        // one buffer's reference count, not 45 cold ones.
+        while data.len() >= 2 * mss {
+            let nseg = (data.len() / mss).min(crate::skb::LARGE_BUF_SIZE / mss);
+            let bytes = nseg * mss;
+            let mut chunk = pool.alloc(bytes);
+            chunk.put(bytes).copy_from_slice(&data[..bytes]);
+            for k in 0..nseg {
+                let mut skb = chunk.clone();
+                let _ = skb.pull(k * mss);
+                skb.trim(mss);
+                s.queue_data(skb);
+            }
+            data = &data[bytes..];
+        }
         while !data.is_empty() {
             let n = mss.min(data.len());
-            let seq = s.write_queue.back().map_or(s.snd_nxt, |t| t.end_seq);
             let mut skb = pool.alloc(mss.max(n));
             skb.put(n).copy_from_slice(&data[..n]);
-            s.write_queue.push_back(TxSeg {
-                seq,
-                end_seq: seq.wrapping_add(n as u32),
-                syn: false,
-                fin: false,
-                skb,
-                sent: None,
-                retransmitted: false,
-                lost: false,
-                sacked: false,
-                xmit_at: None,
-                xmit_order: 0,
-            });
+            s.queue_data(skb);
             data = &data[n..];
         }
     }
@@ -124,6 +119,8 @@ impl Stack {
     pub(crate) fn tcp_write_xmit(&mut self, id: SocketId) {
         let now = self.now;
         let gso_max = self.dev.gso_max_payload();
+        let mut in_flight_now = None;
+        let mut lost_scan = 0;
         loop {
             let Some(s) = self.tcp_sock_mut(id) else {
                 return;
@@ -134,22 +131,30 @@ impl Stack {
             ) {
                 return;
             }
-            let in_flight = s.in_flight();
+            // Counted once per call and kept up to date below: every segment sent adds
+            // one (a lost one was not counted; a new one was not in flight), so the
+            // write queue is walked once, not once per segment.
+            let in_flight = *in_flight_now.get_or_insert_with(|| s.in_flight());
             if in_flight >= s.cwnd {
                 break;
             }
-            // Lost segments first (tcp_xmit_retransmit_queue).
+            // Lost segments first (tcp_xmit_retransmit_queue), scanning on from the
+            // last one sent: the queue does not change during this loop.
             let lost = s
                 .write_queue
-                .iter()
-                .position(|t| t.lost && seq_lt(t.seq, s.snd_nxt));
+                .range(lost_scan..)
+                .take_while(|t| seq_lt(t.seq, s.snd_nxt))
+                .position(|t| t.lost)
+                .map(|i| lost_scan + i);
+            lost_scan = lost.map_or(s.write_queue.len(), |i| i + 1);
             let idx = match lost {
                 Some(i) => i,
                 None => {
-                    let Some(i) = s.write_queue.iter().position(|t| seq_ge(t.seq, s.snd_nxt))
-                    else {
+                    // The first unsent segment: the queue is in sequence order.
+                    let i = s.write_queue.partition_point(|t| seq_lt(t.seq, s.snd_nxt));
+                    if i == s.write_queue.len() {
                         break;
-                    };
+                    }
                     let seg = &s.write_queue[i];
                     // The peer's window (RFC 9293 3.8.6.2.1): a segment must fit, except
                     // that the SYN is always sent.
@@ -214,6 +219,7 @@ impl Stack {
             }
             s.arm_tlp(now);
             s.persist_timer = None;
+            in_flight_now = Some(in_flight + count as u32);
             self.snmp.tcp.retrans_segs += retrans_segs;
             self.tcp_transmit_seg(id, idx, count);
         }
