@@ -272,30 +272,10 @@ impl SkbRing {
 
     /// Copy from the front into `dst`; with `peek` the bytes stay.
     fn copy_out(&mut self, dst: &mut [u8], peek: bool) -> usize {
-        let mut n = 0;
-        if peek {
-            for skb in &self.q {
-                let k = skb.len().min(dst.len() - n);
-                dst[n..n + k].copy_from_slice(&skb.data()[..k]);
-                n += k;
-                if n == dst.len() {
-                    break;
-                }
-            }
-            return n;
+        let (n, _) = stack_core::skb::copy_from_queue(&mut self.q, dst, peek);
+        if !peek {
+            self.len -= n;
         }
-        while n < dst.len() {
-            let Some(skb) = self.q.front_mut() else { break };
-            let k = skb.len().min(dst.len() - n);
-            dst[n..n + k].copy_from_slice(&skb.data()[..k]);
-            n += k;
-            if k == skb.len() {
-                self.q.pop_front();
-            } else {
-                let _ = skb.pull(k);
-            }
-        }
-        self.len -= n;
         n
     }
 }

@@ -20,6 +20,7 @@
 //! * Buffers come from an [`SkbPool`] and go back to it when the last clone drops, so the
 //!   steady state allocates nothing per packet.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -180,6 +181,38 @@ impl SkbPool {
             }
         }
     }
+}
+
+/// Copy from the front of a queue of skbs into `dst` (`skb_copy_datagram_msg` over a
+/// receive queue): with `peek` nothing changes; otherwise what was copied leaves the
+/// queue (a partly read skb is pulled). Returns the bytes copied and the buffer sizes
+/// (truesize) of the skbs that left, for the owner's memory accounting.
+pub fn copy_from_queue(q: &mut VecDeque<Skb>, dst: &mut [u8], peek: bool) -> (usize, usize) {
+    let mut n = 0;
+    if peek {
+        for skb in q.iter() {
+            let k = skb.len().min(dst.len() - n);
+            dst[n..n + k].copy_from_slice(&skb.data()[..k]);
+            n += k;
+            if n == dst.len() {
+                break;
+            }
+        }
+        return (n, 0);
+    }
+    let mut freed = 0;
+    while n < dst.len() {
+        let Some(skb) = q.front_mut() else { break };
+        let k = skb.len().min(dst.len() - n);
+        dst[n..n + k].copy_from_slice(&skb.data()[..k]);
+        n += k;
+        if k == skb.len() {
+            freed += q.pop_front().map_or(0, |skb| skb.end());
+        } else {
+            let _ = skb.pull(k);
+        }
+    }
+    (n, freed)
 }
 
 /// Errors of the skb pointer operations: the kernel would BUG(); we refuse instead.

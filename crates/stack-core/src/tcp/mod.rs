@@ -371,6 +371,23 @@ impl TcpSock {
         n
     }
 
+    /// A read found the receive queue empty: `Ok(())` is the end of the stream; the
+    /// error is the pending `sk_err` (reported once), or why there is nothing yet
+    /// (which re-arms the readable signal).
+    fn recv_empty(&mut self) -> Result<(), SendError> {
+        if let Some(e) = self.err.take() {
+            return Err(e);
+        }
+        if self.fin_received || self.shut_rd {
+            return Ok(());
+        }
+        self.read_signalled = false;
+        Err(match self.state {
+            TcpState::Listen | TcpState::Closed => SendError::NotConnected,
+            _ => SendError::WouldBlock,
+        })
+    }
+
     /// Append a data segment holding `skb`'s bytes to the write queue.
     pub(crate) fn queue_data(&mut self, skb: Skb) {
         let seq = self.write_queue.back().map_or(self.snd_nxt, |t| t.end_seq);
@@ -881,51 +898,16 @@ impl Stack {
         self.now = now;
         let s = self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?;
         if s.rcvq.is_empty() {
-            if let Some(e) = s.err.take() {
-                return Err(e);
-            }
-            if s.fin_received || s.shut_rd {
-                return Ok(0);
-            }
-            s.read_signalled = false;
-            return match s.state {
-                TcpState::Listen | TcpState::Closed if !s.fin_received => {
-                    Err(SendError::NotConnected)
-                }
-                _ => Err(SendError::WouldBlock),
-            };
+            s.recv_empty()?;
+            return Ok(0);
         }
-        let mut copied = 0;
+        let (copied, freed) = crate::skb::copy_from_queue(&mut s.rcvq, buf, peek);
         if peek {
-            for skb in &s.rcvq {
-                let n = skb.len().min(buf.len() - copied);
-                buf[copied..copied + n].copy_from_slice(&skb.data()[..n]);
-                copied += n;
-                if copied == buf.len() {
-                    break;
-                }
-            }
             return Ok(copied);
         }
-        while copied < buf.len() {
-            let Some(skb) = s.rcvq.front_mut() else { break };
-            let n = skb.len().min(buf.len() - copied);
-            buf[copied..copied + n].copy_from_slice(&skb.data()[..n]);
-            copied += n;
-            if n == skb.len() {
-                let skb = s.rcvq.pop_front().expect("front exists");
-                s.rmem -= skb.end();
-            } else {
-                let _ = skb.pull(n);
-            }
-        }
+        s.rmem -= freed;
         s.rcvq_bytes -= copied;
-        if s.rcvq.is_empty() && !s.fin_received {
-            s.read_signalled = false;
-        }
-        // tcp_cleanup_rbuf: tell the peer when reading opened the window a lot.
-        self.tcp_cleanup_rbuf(id);
-        self.process_backlog();
+        self.tcp_recv_done(id);
         Ok(copied)
     }
 
@@ -944,19 +926,8 @@ impl Stack {
         self.now = now;
         let s = self.tcp_sock_mut(id).ok_or(SendError::BadSocket)?;
         let Some(front) = s.rcvq.front_mut() else {
-            if let Some(e) = s.err.take() {
-                return Err(e);
-            }
-            if s.fin_received || s.shut_rd {
-                return Ok(None);
-            }
-            s.read_signalled = false;
-            return match s.state {
-                TcpState::Listen | TcpState::Closed if !s.fin_received => {
-                    Err(SendError::NotConnected)
-                }
-                _ => Err(SendError::WouldBlock),
-            };
+            s.recv_empty()?;
+            return Ok(None);
         };
         if max == 0 {
             return Err(SendError::WouldBlock);
@@ -973,12 +944,21 @@ impl Stack {
             part
         };
         s.rcvq_bytes -= skb.len();
-        if s.rcvq.is_empty() && !s.fin_received {
-            s.read_signalled = false;
+        self.tcp_recv_done(id);
+        Ok(Some(skb))
+    }
+
+    /// After a read took data: re-arm the readable signal once the queue is empty,
+    /// send a window update if reading opened the window (`tcp_cleanup_rbuf`), and run
+    /// what that looped back.
+    fn tcp_recv_done(&mut self, id: SocketId) {
+        if let Some(s) = self.tcp_sock_mut(id) {
+            if s.rcvq.is_empty() && !s.fin_received {
+                s.read_signalled = false;
+            }
         }
         self.tcp_cleanup_rbuf(id);
         self.process_backlog();
-        Ok(Some(skb))
     }
 
     /// Bytes ready to read.
