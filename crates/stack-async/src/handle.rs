@@ -22,7 +22,7 @@ use std::thread::{self, JoinHandle, ThreadId};
 use futures::channel::{mpsc, oneshot};
 use futures::SinkExt;
 use stack_core::impair::{ImpairConfig, Impairment};
-use stack_core::stack::{Offloads, SocketId, Stack, StackConfig};
+use stack_core::stack::{SocketId, Stack, StackConfig};
 use stack_core::Instant;
 use stack_io::{run_device, DeviceConfig, IoStats, IoStatsSnapshot, Tap, TapOptions};
 
@@ -119,12 +119,8 @@ impl StackHandle {
             },
         )?;
         let mut config = config;
-        let granted = tap.offloads();
-        config.offloads = Offloads {
-            csum: granted.csum,
-            tso: granted.tso4,
-        };
-        if options.offload && !granted.tso4 {
+        config.offloads = tap.offloads();
+        if options.offload && !config.offloads.tso {
             tracing::info!(
                 device = tap_name,
                 "the TAP refused TCP segmentation offload; sending wire-size frames"

@@ -45,35 +45,29 @@ pub struct TapOptions {
     pub offload: bool,
 }
 
-/// What the device does for us, as agreed with TUNSETOFFLOAD: the `dev->features` to
-/// give the stack core (`stack_core::stack::Offloads { csum, tso }`). With `csum` the
-/// kernel sends us frames with unfinished transport checksums (`IpSummed::Partial`) and
-/// the core may leave its own unfinished; with `tso4` the kernel sends TCP/IPv4
-/// super-packets of up to 64 KiB (`gso_size > 0`) and the core may send them. (The
-/// kernel would accept NEEDS_CSUM and GSO frames from us over any vnet header, since
-/// `tun_get_user` always honours the header; TUNSETOFFLOAD only governs what it sends,
-/// but a core that offloads to a device that did not agree is asking for trouble.)
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Offloads {
-    /// `TUN_F_CSUM`: the kernel turns on NETIF_F_HW_CSUM for the device.
-    pub csum: bool,
-    /// `TUN_F_TSO4`: NETIF_F_TSO (only granted together with `csum`, `set_offload`).
-    pub tso4: bool,
-}
+/// What the device does for us, as agreed with TUNSETOFFLOAD: exactly the core's
+/// `dev->features` ([`Offloads`], handed to `StackConfig::offloads` as it is). With
+/// `csum` (`TUN_F_CSUM`: NETIF_F_HW_CSUM) the kernel sends us frames with unfinished
+/// transport checksums (`IpSummed::Partial`) and the core may leave its own unfinished;
+/// with `tso` (`TUN_F_TSO4`: NETIF_F_TSO, only granted together with `csum`,
+/// `set_offload`) the kernel sends TCP/IPv4 super-packets of up to 64 KiB
+/// (`gso_size > 0`) and the core may send them. (The kernel would accept NEEDS_CSUM and
+/// GSO frames from us over any vnet header, since `tun_get_user` always honours the
+/// header; TUNSETOFFLOAD only governs what it sends, but a core that offloads to a
+/// device that did not agree is asking for trouble.)
+pub use stack_core::Offloads;
 
-impl Offloads {
-    /// The `TUNSETOFFLOAD` argument for these offloads.
-    pub fn tun_flags(self) -> libc::c_uint {
-        let mut f = 0;
-        if self.csum {
-            f |= libc::TUN_F_CSUM;
-            // set_offload in tun.c ignores TSO without CSUM; so do we.
-            if self.tso4 {
-                f |= libc::TUN_F_TSO4;
-            }
+/// The `TUNSETOFFLOAD` argument for `o`.
+fn tun_offload_flags(o: Offloads) -> libc::c_uint {
+    let mut f = 0;
+    if o.csum {
+        f |= libc::TUN_F_CSUM;
+        // set_offload in tun.c ignores TSO without CSUM; so do we.
+        if o.tso {
+            f |= libc::TUN_F_TSO4;
         }
-        f
     }
+    f
 }
 
 impl Tap {
@@ -160,11 +154,8 @@ impl Tap {
                     ),
                 });
             }
-            let want = Offloads {
-                csum: true,
-                tso4: true,
-            };
-            match tun_set_offload(&file, want.tun_flags()) {
+            let want = Offloads::ALL;
+            match tun_set_offload(&file, tun_offload_flags(want)) {
                 Ok(()) => (len, want),
                 Err(err) => {
                     tracing::warn!(

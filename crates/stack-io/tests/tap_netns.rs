@@ -503,7 +503,7 @@ fn offload_rx_gives_partial_checksums_and_tso_super_packets() {
             tap.offloads(),
             Offloads {
                 csum: true,
-                tso4: true
+                tso: true
             }
         );
         wait_oper_up(&ns_name, "ustack0");
