@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{Sink, StreamExt};
+use stack_core::gso;
 use stack_core::impair::Impairment;
 use stack_core::stack::{Event, SocketId, Stack};
 use stack_core::{Instant, Skb};
@@ -74,18 +75,6 @@ impl Clock {
             .unwrap_or_else(far);
         tokio::time::Instant::from_std(at)
     }
-}
-
-/// What a wire carries for `skb`: its segments if it is a GSO super-packet, with every
-/// checksum complete (`skb_gso_segment`). Impairing a 64 KB super-packet as one frame
-/// would lose or corrupt 45 segments at once, which is not the link `--impair` asks for.
-fn wire_frames(skb: Skb) -> Vec<Skb> {
-    let mut out = Vec::new();
-    let pool = stack_core::SkbPool::default();
-    if let Err(e) = stack_core::gso::skb_gso_segment(skb, &pool, &mut out) {
-        tracing::debug!(?e, "impairment: frame not wire-ready, dropped");
-    }
-    out
 }
 
 pub(crate) struct Protocol {
@@ -189,8 +178,11 @@ impl Future for Protocol {
                     match this.impair.as_mut() {
                         Some(imp) => {
                             // The impairment stands for a wire: it sees the segments a
-                            // GSO super-packet from the kernel stands for.
-                            for frame in wire_frames(skb) {
+                            // GSO super-packet from the kernel stands for (impairing 64 KB
+                            // as one frame would lose 45 segments at once).
+                            let mut frames = Vec::new();
+                            gso::validate_xmit(skb, this.stack.pool(), &mut frames);
+                            for frame in frames {
                                 imp.0.push(now, frame);
                             }
                         }
@@ -274,8 +266,10 @@ impl Future for Protocol {
             // Impaired path: everything the core sends enters the TX impairment (which
             // is bounded and counts its own overflow), and what is due leaves for the
             // ring below.
+            let mut frames = Vec::new();
             while let Some(skb) = this.stack.poll_transmit(now) {
-                for frame in wire_frames(skb) {
+                gso::validate_xmit(skb, this.stack.pool(), &mut frames);
+                for frame in frames.drain(..) {
                     imp.1.push(now, frame);
                 }
             }

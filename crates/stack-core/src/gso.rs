@@ -25,40 +25,80 @@ pub enum GsoError {
     Unsupported,
 }
 
-/// Where the headers of a frame (`data` at the Ethernet header) are.
-struct Layout {
-    /// Offset of the IPv4 header (after Ethernet and any 802.1Q tag).
-    l3: usize,
-    ihl: usize,
-    /// Offset of the transport header.
-    l4: usize,
+/// Ethernet header, without and with one 802.1Q tag.
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+
+/// Where the headers of a TCP/IPv4 Ethernet frame are, from the start of the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpFrameHeaders {
+    /// Start of the IPv4 header: Ethernet (+4 with an 802.1Q tag).
+    pub l3_offset: usize,
+    /// Start of the TCP header: Ethernet (+4 with an 802.1Q tag) + IPv4 IHL*4.
+    pub l4_offset: usize,
+    /// End of the TCP header (+ data offset*4): the `hdr_len` of a GSO_TCPV4 frame,
+    /// the prefix every segment repeats.
+    pub hdr_len: usize,
+    /// The TCP CWR flag is set.
+    pub cwr: bool,
 }
 
-fn layout(frame: &[u8]) -> Result<Layout, GsoError> {
-    let etype = |at: usize| {
+/// Why [`tcp_frame_headers`] could not find the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The frame ends inside a header.
+    Truncated,
+    /// Not IPv4 (after at most one VLAN tag), or IPv4 with a bad version/IHL.
+    NotIpv4,
+    /// IPv4, but not TCP.
+    NotTcp,
+    /// A TCP data offset under 5 words.
+    BadTcpHeader,
+}
+
+/// Find the TCP header of an Ethernet frame carrying TCP/IPv4, at most one 802.1Q tag
+/// in between. Each header is bounds-checked before it is read; IPv4 fragments are
+/// refused (a fragment has no TCP header to speak of, and GSO never makes them).
+pub fn tcp_frame_headers(frame: &[u8]) -> Result<TcpFrameHeaders, HeaderError> {
+    let be16 = |at: usize| -> Result<u16, HeaderError> {
         frame
             .get(at..at + 2)
             .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .ok_or(GsoError::Malformed)
+            .ok_or(HeaderError::Truncated)
     };
-    let mut l3 = 14;
-    let mut et = etype(12)?;
-    if et == ethertype::VLAN {
-        et = etype(16)?;
-        l3 += 4;
+    let mut l2 = ETH_HLEN;
+    let mut ethertype = be16(12)?;
+    if ethertype == ethertype::VLAN {
+        ethertype = be16(ETH_HLEN + 2)?;
+        l2 += VLAN_HLEN;
     }
-    if et != ethertype::IPV4 {
-        return Err(GsoError::Unsupported);
+    if ethertype != ethertype::IPV4 {
+        return Err(HeaderError::NotIpv4);
     }
-    let vihl = *frame.get(l3).ok_or(GsoError::Malformed)?;
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    if vihl >> 4 != 4 || ihl < 20 || frame.len() < l3 + ihl {
-        return Err(GsoError::Malformed);
+    let ip = frame.get(l2..l2 + 20).ok_or(HeaderError::Truncated)?;
+    let (version, ihl) = (ip[0] >> 4, usize::from(ip[0] & 0x0f) * 4);
+    if version != 4 || ihl < 20 {
+        return Err(HeaderError::NotIpv4);
     }
-    Ok(Layout {
-        l3,
-        ihl,
-        l4: l3 + ihl,
+    // MF set or a non-zero fragment offset.
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || ip[9] != protocol::TCP {
+        return Err(HeaderError::NotTcp);
+    }
+    let l4 = l2 + ihl;
+    let tcp = frame.get(l4..l4 + 20).ok_or(HeaderError::Truncated)?;
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    if doff < 20 {
+        return Err(HeaderError::BadTcpHeader);
+    }
+    let end = l4 + doff;
+    if end > frame.len() {
+        return Err(HeaderError::Truncated);
+    }
+    Ok(TcpFrameHeaders {
+        l3_offset: l2,
+        l4_offset: l4,
+        hdr_len: end,
+        cwr: tcp[13] & 0x80 != 0,
     })
 }
 
@@ -69,34 +109,61 @@ pub fn skb_gso_segment(skb: Skb, pool: &SkbPool, out: &mut Vec<Skb>) -> Result<(
     if skb.gso_size > 0 {
         return tcp_gso_segment(&skb, pool, out);
     }
-    if let IpSummed::Partial {
-        csum_start,
-        csum_offset,
-    } = skb.ip_summed
+    if let Some((field, csum)) =
+        skb_checksum_help(&skb, 0, skb.len()).map_err(|()| GsoError::Malformed)?
     {
         let mut skb = skb;
-        let start = usize::from(csum_start)
-            .checked_sub(skb.data_offset())
-            .ok_or(GsoError::Malformed)?;
-        let field = start + usize::from(csum_offset);
-        let data = skb.data_mut();
-        if field + 2 > data.len() {
-            return Err(GsoError::Malformed);
-        }
-        // The field holds the pseudo-header sum: summing over it completes the checksum.
-        let csum = match checksum::checksum(&data[start..]) {
-            // UDP sends a computed zero as all ones (RFC 768); TCP never sees 0 here
-            // unless the data sums to it, and then both forms verify.
-            0 => 0xffff,
-            c => c,
-        };
-        data[field..field + 2].copy_from_slice(&csum.to_be_bytes());
+        skb.data_mut()[field..field + 2].copy_from_slice(&csum.to_be_bytes());
         skb.ip_summed = IpSummed::None;
         out.push(skb);
         return Ok(());
     }
     out.push(skb);
     Ok(())
+}
+
+/// `skb_checksum_help`: for a `CHECKSUM_PARTIAL` skb, the final transport checksum and
+/// where it goes (an offset from `data`); `None` for any other skb. The checksum field
+/// already holds the pseudo-header sum (the offload contract, as virtio-net's
+/// NEEDS_CSUM), so the checksum of `csum_start..end` is the final value. `csum_start`
+/// counts from `head`, like the kernel's `skb->csum_start`, and must not lie before
+/// `data + min_start` (e.g. inside the IP header); the field must lie before `end`.
+pub(crate) fn skb_checksum_help(
+    skb: &Skb,
+    min_start: usize,
+    end: usize,
+) -> Result<Option<(usize, u16)>, ()> {
+    let IpSummed::Partial {
+        csum_start,
+        csum_offset,
+    } = skb.ip_summed
+    else {
+        return Ok(None);
+    };
+    let start = usize::from(csum_start)
+        .checked_sub(skb.data_offset())
+        .filter(|&s| s >= min_start)
+        .ok_or(())?;
+    let field = start + usize::from(csum_offset);
+    if field + 2 > end {
+        return Err(());
+    }
+    let covered = skb.data().get(start..end).ok_or(())?;
+    // A computed 0 is sent as 0xffff (the kernel's CSUM_MANGLED_0): for UDP a zero
+    // means "no checksum" (RFC 768); for TCP both forms verify.
+    let csum = match checksum::checksum(covered) {
+        0 => 0xffff,
+        c => c,
+    };
+    Ok(Some((field, csum)))
+}
+
+/// [`skb_gso_segment`] for a caller that stands for a wire: a frame that cannot be made
+/// wire-ready is dropped (logged), as `validate_xmit_skb` drops it.
+pub fn validate_xmit(skb: Skb, pool: &SkbPool, out: &mut Vec<Skb>) {
+    if let Err(e) = skb_gso_segment(skb, pool, out) {
+        tracing::debug!(?e, "frame not wire-ready, dropped");
+    }
 }
 
 /// `tcp_gso_segment` with `inet_gso_segment` around it: cut the payload into
@@ -109,42 +176,33 @@ fn tcp_gso_segment(skb: &Skb, pool: &SkbPool, out: &mut Vec<Skb>) -> Result<(), 
     const PSH: u8 = 0x08;
     const CWR: u8 = 0x80;
     let frame = skb.data();
-    let l = layout(frame)?;
-    if frame[l.l3 + 9] != protocol::TCP {
-        return Err(GsoError::Unsupported);
-    }
-    let doff = *frame.get(l.l4 + 12).ok_or(GsoError::Malformed)?;
-    let thl = usize::from(doff >> 4) * 4;
-    let hdr_len = l.l4 + thl;
-    if thl < 20 || frame.len() < hdr_len {
-        return Err(GsoError::Malformed);
-    }
-    let ip_total = usize::from(u16::from_be_bytes([frame[l.l3 + 2], frame[l.l3 + 3]]));
-    if l.l3 + ip_total != frame.len() {
+    let h = tcp_frame_headers(frame).map_err(|e| match e {
+        HeaderError::Truncated | HeaderError::BadTcpHeader => GsoError::Malformed,
+        HeaderError::NotIpv4 | HeaderError::NotTcp => GsoError::Unsupported,
+    })?;
+    let (l3, l4, hdr_len) = (h.l3_offset, h.l4_offset, h.hdr_len);
+    let (ihl, thl) = (l4 - l3, hdr_len - l4);
+    let ip_total = usize::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]));
+    if l3 + ip_total != frame.len() {
         return Err(GsoError::Malformed);
     }
     let mss = usize::from(skb.gso_size);
     let payload = &frame[hdr_len..];
     let src = [
-        frame[l.l3 + 12],
-        frame[l.l3 + 13],
-        frame[l.l3 + 14],
-        frame[l.l3 + 15],
+        frame[l3 + 12],
+        frame[l3 + 13],
+        frame[l3 + 14],
+        frame[l3 + 15],
     ];
     let dst = [
-        frame[l.l3 + 16],
-        frame[l.l3 + 17],
-        frame[l.l3 + 18],
-        frame[l.l3 + 19],
+        frame[l3 + 16],
+        frame[l3 + 17],
+        frame[l3 + 18],
+        frame[l3 + 19],
     ];
-    let seq0 = u32::from_be_bytes([
-        frame[l.l4 + 4],
-        frame[l.l4 + 5],
-        frame[l.l4 + 6],
-        frame[l.l4 + 7],
-    ]);
-    let id0 = u16::from_be_bytes([frame[l.l3 + 4], frame[l.l3 + 5]]);
-    let flags = frame[l.l4 + 13];
+    let seq0 = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
+    let id0 = u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]);
+    let flags = frame[l4 + 13];
     let n = payload.len().div_ceil(mss).max(1);
     let headroom = skb.data_offset();
     for i in 0..n {
@@ -155,14 +213,14 @@ fn tcp_gso_segment(skb: &Skb, pool: &SkbPool, out: &mut Vec<Skb>) -> Result<(), 
         buf[..hdr_len].copy_from_slice(&frame[..hdr_len]);
         buf[hdr_len..].copy_from_slice(chunk);
         // IPv4: length, ID, header checksum.
-        let ip = &mut buf[l.l3..l.l4];
-        ip[2..4].copy_from_slice(&((l.ihl + thl + chunk.len()) as u16).to_be_bytes());
+        let ip = &mut buf[l3..l4];
+        ip[2..4].copy_from_slice(&((ihl + thl + chunk.len()) as u16).to_be_bytes());
         ip[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
         ip[10..12].fill(0);
         let hc = checksum::checksum(ip);
         ip[10..12].copy_from_slice(&hc.to_be_bytes());
         // TCP: sequence number, flags, checksum over pseudo-header, header and payload.
-        let tcp = &mut buf[l.l4..];
+        let tcp = &mut buf[l4..];
         let seq = seq0.wrapping_add((i * mss) as u32);
         tcp[4..8].copy_from_slice(&seq.to_be_bytes());
         let mut f = flags;

@@ -18,6 +18,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::gso;
 use crate::impair::{ImpairConfig, Impairment};
 use crate::skb::Skb;
 use crate::stack::{Offloads, Stack, StackConfig};
@@ -273,14 +274,14 @@ impl Pair {
         let mut work = false;
         let mut frames = Vec::new();
         while let Some(skb) = self.a.poll_transmit(now) {
-            on_the_wire(orphan(skb), &mut frames);
+            gso::validate_xmit(orphan(skb), self.a.pool(), &mut frames);
             for f in frames.drain(..) {
                 self.link.a_to_b.push(now, f);
             }
             work = true;
         }
         while let Some(skb) = self.b.poll_transmit(now) {
-            on_the_wire(orphan(skb), &mut frames);
+            gso::validate_xmit(orphan(skb), self.b.pool(), &mut frames);
             for f in frames.drain(..) {
                 self.link.b_to_a.push(now, f);
             }
@@ -316,16 +317,6 @@ impl Pair {
         .into_iter()
         .flatten()
         .min()
-    }
-}
-
-/// What a device puts on the wire for `skb`: a TSO super-packet as its segments, a
-/// partial checksum completed (the frames a peer would capture), into `out`. A frame
-/// the software path cannot handle is lost, as a `validate_xmit_skb` failure is.
-fn on_the_wire(skb: Skb, out: &mut Vec<Skb>) {
-    let pool = crate::skb::SkbPool::default();
-    if let Err(e) = crate::gso::skb_gso_segment(skb, &pool, out) {
-        tracing::debug!(?e, "sim: frame not wire-ready, dropped");
     }
 }
 

@@ -142,82 +142,8 @@ impl VnetHdr {
     }
 }
 
-/// Ethernet header, without and with one 802.1Q tag.
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_8021Q: u16 = 0x8100;
-const IPPROTO_TCP: u8 = 6;
-
-/// Where the headers of a TCP/IPv4 Ethernet frame are, from the start of the frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpFrameHeaders {
-    /// Start of the TCP header: Ethernet (+4 with an 802.1Q tag) + IPv4 IHL*4.
-    pub l4_offset: usize,
-    /// End of the TCP header (+ data offset*4): the `hdr_len` of a GSO_TCPV4 frame,
-    /// the prefix every segment repeats.
-    pub hdr_len: usize,
-    /// The TCP CWR flag is set.
-    pub cwr: bool,
-}
-
-/// Why [`tcp_frame_headers`] could not find the payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeaderError {
-    /// The frame ends inside a header.
-    Truncated,
-    /// Not IPv4 (after at most one VLAN tag), or IPv4 with a bad version/IHL.
-    NotIpv4,
-    /// IPv4, but not TCP.
-    NotTcp,
-    /// A TCP data offset under 5 words.
-    BadTcpHeader,
-}
-
-/// Find the TCP header of an Ethernet frame carrying TCP/IPv4, at most one 802.1Q tag
-/// in between. Each header is bounds-checked before it is read; IPv4 fragments are
-/// refused (a fragment has no TCP header to speak of, and GSO never makes them).
-pub fn tcp_frame_headers(frame: &[u8]) -> Result<TcpFrameHeaders, HeaderError> {
-    let be16 = |at: usize| -> Result<u16, HeaderError> {
-        frame
-            .get(at..at + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .ok_or(HeaderError::Truncated)
-    };
-    let mut l2 = ETH_HLEN;
-    let mut ethertype = be16(12)?;
-    if ethertype == ETH_P_8021Q {
-        ethertype = be16(ETH_HLEN + 2)?;
-        l2 += VLAN_HLEN;
-    }
-    if ethertype != ETH_P_IP {
-        return Err(HeaderError::NotIpv4);
-    }
-    let ip = frame.get(l2..l2 + 20).ok_or(HeaderError::Truncated)?;
-    let (version, ihl) = (ip[0] >> 4, usize::from(ip[0] & 0x0f) * 4);
-    if version != 4 || ihl < 20 {
-        return Err(HeaderError::NotIpv4);
-    }
-    // MF set or a non-zero fragment offset.
-    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || ip[9] != IPPROTO_TCP {
-        return Err(HeaderError::NotTcp);
-    }
-    let l4 = l2 + ihl;
-    let tcp = frame.get(l4..l4 + 20).ok_or(HeaderError::Truncated)?;
-    let doff = usize::from(tcp[12] >> 4) * 4;
-    if doff < 20 {
-        return Err(HeaderError::BadTcpHeader);
-    }
-    let end = l4 + doff;
-    if end > frame.len() {
-        return Err(HeaderError::Truncated);
-    }
-    Ok(TcpFrameHeaders {
-        l4_offset: l4,
-        hdr_len: end,
-        cwr: tcp[13] & 0x80 != 0,
-    })
-}
+/// The header parser is the core's: the software GSO path needs the same answer.
+pub use stack_core::gso::{tcp_frame_headers, HeaderError, TcpFrameHeaders};
 
 #[cfg(test)]
 mod tests {
@@ -296,7 +222,7 @@ mod tests {
         let mut ip = vec![0u8; usize::from(ihl_words) * 4];
         ip[0] = 0x40 | ihl_words;
         ip[6] = 0x40; // DF
-        ip[9] = IPPROTO_TCP;
+        ip[9] = 6; // TCP
         f.extend_from_slice(&ip);
         let mut tcp = vec![0u8; usize::from(doff_words) * 4];
         tcp[12] = doff_words << 4;

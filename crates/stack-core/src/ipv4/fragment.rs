@@ -16,8 +16,8 @@
 //! Pure: the caller (`ip_finish_output`) counts FragOKs / FragCreates / FragFails and sends
 //! ICMP "fragmentation needed" (RFC 1191) when DF forbids cutting.
 
-use crate::skb::{IpSummed, Skb, SkbPool};
-use crate::wire::checksum;
+use crate::gso;
+use crate::skb::{Skb, SkbPool};
 use crate::wire::ipv4::{self, option_kind, Ipv4Packet};
 
 /// Why `ip_fragment` produced nothing.
@@ -85,7 +85,10 @@ pub fn ip_fragment(
     let rest_opts = ip_options_fragment(ip.options(), &mut rest_hdr[ipv4::MIN_HEADER_LEN..])?;
     let rest_hlen = ipv4::MIN_HEADER_LEN + rest_opts;
 
-    let csum_patch = skb_checksum_help(skb, hlen, total_len)?;
+    // Where the checksum goes, as a position in the IP payload.
+    let csum_patch = gso::skb_checksum_help(skb, hlen, total_len)
+        .map_err(|()| FragError::Malformed)?
+        .map(|(field, csum)| (field - hlen, csum.to_be_bytes()));
 
     let base = usize::from(ip.frag_offset());
     let orig_mf = ip.more_frags();
@@ -186,50 +189,12 @@ fn ip_options_fragment(opts: &[u8], dst: &mut [u8]) -> Result<usize, FragError> 
     Ok(padded)
 }
 
-/// `skb_checksum_help`: for a `CHECKSUM_PARTIAL` skb, the final transport checksum and
-/// where it goes, as a position in the IP payload. The checksum field already holds the
-/// pseudo-header sum (the offload contract, as virtio-net's NEEDS_CSUM), so the checksum
-/// of `csum_start..end` is the final value. `csum_start` counts from `head`, like the
-/// kernel's `skb->csum_start`.
-fn skb_checksum_help(
-    skb: &Skb,
-    hlen: usize,
-    total_len: usize,
-) -> Result<Option<(usize, [u8; 2])>, FragError> {
-    let IpSummed::Partial {
-        csum_start,
-        csum_offset,
-    } = skb.ip_summed
-    else {
-        return Ok(None);
-    };
-    let data_off = skb.data_offset();
-    let start = usize::from(csum_start)
-        .checked_sub(data_off)
-        .filter(|&s| s >= hlen)
-        .ok_or(FragError::Malformed)?;
-    let field = start + usize::from(csum_offset);
-    if field + 2 > total_len {
-        return Err(FragError::Malformed);
-    }
-    let covered = skb
-        .data()
-        .get(start..total_len)
-        .ok_or(FragError::Malformed)?;
-    // A computed 0 is sent as 0xffff (the kernel's CSUM_MANGLED_0): for UDP a zero
-    // means "no checksum" (RFC 768).
-    let csum = match checksum::checksum(covered) {
-        0 => 0xffff,
-        c => c,
-    };
-    Ok(Some((field - hlen, csum.to_be_bytes())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::skb::{PktType, MAX_HEADER};
+    use crate::skb::{IpSummed, PktType, MAX_HEADER};
     use crate::time::Instant;
+    use crate::wire::checksum;
     use crate::wire::ipv4::{protocol, Ipv4Options, Ipv4Repr};
     use crate::wire::Ipv4Addr;
 
