@@ -77,6 +77,24 @@ fn io_wq_workers() -> usize {
 }
 
 /// The next frame on the RX ring that `want` accepts (others are skipped).
+/// `run_device` on `tap` with the default pool and configuration, which every test here
+/// uses.
+fn device_loop(
+    tap: Tap,
+    rx_ring: mpsc::Sender<Skb>,
+    tx_ring: mpsc::Receiver<Skb>,
+    stats: Arc<IoStats>,
+) -> impl std::future::Future<Output = std::io::Result<()>> {
+    run_device(
+        tap,
+        SkbPool::default(),
+        rx_ring,
+        tx_ring,
+        stats,
+        DeviceConfig::default(),
+    )
+}
+
 async fn recv_matching(rx: &mut mpsc::Receiver<Skb>, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let fut = async {
         loop {
@@ -109,15 +127,7 @@ fn device_loop_moves_frames_both_ways() {
         let (mut tx, tx_receiver) = mpsc::channel(64);
         let dev_stats = stats.clone();
         tokio_uring::start(async move {
-            let pool = SkbPool::default();
-            let dev = tokio_uring::spawn(run_device(
-                tap,
-                pool,
-                rx_sender,
-                tx_receiver,
-                dev_stats,
-                DeviceConfig::default(),
-            ));
+            let dev = tokio_uring::spawn(device_loop(tap, rx_sender, tx_receiver, dev_stats));
 
             // Kernel -> us: a datagram to a neighbour nobody has resolved makes the
             // kernel broadcast "who has 192.0.2.2" on the TAP.
@@ -186,15 +196,8 @@ fn ready_frames_go_out_in_one_batch() {
         // Closed with 50 frames queued: the loop sends them all, then ends.
         drop(tx);
         let dev_stats = stats.clone();
-        tokio_uring::start(run_device(
-            tap,
-            SkbPool::default(),
-            rx_sender,
-            tx_receiver,
-            dev_stats,
-            DeviceConfig::default(),
-        ))
-        .expect("device loop");
+        tokio_uring::start(device_loop(tap, rx_sender, tx_receiver, dev_stats))
+            .expect("device loop");
         stats.snapshot()
     });
 
@@ -223,14 +226,7 @@ fn full_rx_ring_drops_and_counts() {
         let dev_stats = stats.clone();
         let poll_stats = stats.clone();
         tokio_uring::start(async move {
-            let dev = tokio_uring::spawn(run_device(
-                tap,
-                SkbPool::default(),
-                rx_sender,
-                tx_receiver,
-                dev_stats,
-                DeviceConfig::default(),
-            ));
+            let dev = tokio_uring::spawn(device_loop(tap, rx_sender, tx_receiver, dev_stats));
             for i in 0..20 {
                 inject_frame(ifindex, &experimental_frame(i));
             }
@@ -282,14 +278,7 @@ fn deleting_the_device_ends_the_loop_with_an_error() {
             assert!(ok, "ip link del");
         });
         tokio_uring::start(async move {
-            let run = run_device(
-                tap,
-                SkbPool::default(),
-                rx_sender,
-                tx_receiver,
-                Arc::new(IoStats::new()),
-                DeviceConfig::default(),
-            );
+            let run = device_loop(tap, rx_sender, tx_receiver, Arc::new(IoStats::new()));
             tokio::time::timeout(Duration::from_secs(5), run)
                 .await
                 .expect("the loop notices the deletion within 5 s")
@@ -512,14 +501,7 @@ fn offload_rx_gives_partial_checksums_and_tso_super_packets() {
         let (mut tx, tx_receiver) = mpsc::channel(64);
         let dev_stats = stats.clone();
         tokio_uring::start(async move {
-            let dev = tokio_uring::spawn(run_device(
-                tap,
-                SkbPool::default(),
-                rx_sender,
-                tx_receiver,
-                dev_stats,
-                DeviceConfig::default(),
-            ));
+            let dev = tokio_uring::spawn(device_loop(tap, rx_sender, tx_receiver, dev_stats));
 
             // UDP from a kernel socket: with TUN_F_CSUM the kernel leaves the checksum
             // to the device (CHECKSUM_PARTIAL), and tells us with NEEDS_CSUM.
@@ -655,14 +637,7 @@ fn offload_tx_needs_csum_is_finished_by_the_kernel() {
             .unwrap();
         let port = sock.local_addr().unwrap().port();
         let got = tokio_uring::start(async move {
-            let dev = tokio_uring::spawn(run_device(
-                tap,
-                SkbPool::default(),
-                rx_sender,
-                tx_receiver,
-                dev_stats,
-                DeviceConfig::default(),
-            ));
+            let dev = tokio_uring::spawn(device_loop(tap, rx_sender, tx_receiver, dev_stats));
             // Learn the kernel's MAC from a frame it sends us.
             sock.send_to(b"hi", (OUR_IP, 9)).expect("send");
             let hello = recv_matching(&mut rx, |f| is_udp_to(f, OUR_IP, 9)).await;
@@ -732,13 +707,11 @@ fn plain_attach_after_offload_gets_finished_checksums() {
         let (rx_sender, mut rx) = mpsc::channel(64);
         let (tx, tx_receiver) = mpsc::channel::<Skb>(1);
         tokio_uring::start(async move {
-            let dev = tokio_uring::spawn(run_device(
+            let dev = tokio_uring::spawn(device_loop(
                 tap,
-                SkbPool::default(),
                 rx_sender,
                 tx_receiver,
                 Arc::new(IoStats::new()),
-                DeviceConfig::default(),
             ));
             let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
             sock.send_to(&[0xcd; 300], (OUR_IP, 9)).expect("send");
