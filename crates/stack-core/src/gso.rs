@@ -240,12 +240,7 @@ fn tcp_gso_segment(skb: &Skb, pool: &SkbPool, out: &mut Vec<Skb>) -> Result<(), 
         );
         let tc = !checksum::fold(checksum::combine(pseudo, checksum::sum(tcp)));
         tcp[16..18].copy_from_slice(&tc.to_be_bytes());
-        seg.ifindex = skb.ifindex;
-        seg.protocol = skb.protocol;
-        seg.priority = skb.priority;
-        seg.mark = skb.mark;
-        seg.vlan_tci = skb.vlan_tci;
-        seg.tstamp = skb.tstamp;
+        seg.copy_metadata_from(skb);
         out.push(seg);
     }
     Ok(())

@@ -602,6 +602,19 @@ impl Skb {
         Ok(())
     }
 
+    /// Take over what describes `from` but is not its bytes: device, EtherType, packet
+    /// type, priority, mark, VLAN tag and arrival time, for a packet made out of it (a
+    /// fragment, a GSO segment, a reassembled datagram: Linux's `ip_copy_metadata`).
+    pub fn copy_metadata_from(&mut self, from: &Skb) {
+        self.ifindex = from.ifindex;
+        self.protocol = from.protocol;
+        self.pkt_type = from.pkt_type;
+        self.priority = from.priority;
+        self.mark = from.mark;
+        self.vlan_tci = from.vlan_tci;
+        self.tstamp = from.tstamp;
+    }
+
     /// Charge this skb's buffer size (its truesize) to a socket's send buffer until the
     /// skb is freed (`skb_set_owner_w`).
     pub fn set_owner_w(&mut self, counter: &WmemCounter) {

@@ -492,12 +492,7 @@ impl Defrag {
         ip.fill_checksum();
         skb.reset_network_header();
         skb.set_transport_header(hlen);
-        skb.ifindex = first.skb.ifindex;
-        skb.pkt_type = first.skb.pkt_type;
-        skb.tstamp = first.skb.tstamp;
-        skb.mark = first.skb.mark;
-        skb.protocol = first.skb.protocol;
-        skb.vlan_tci = first.skb.vlan_tci;
+        skb.copy_metadata_from(&first.skb);
         Ok(skb)
     }
 }

@@ -141,13 +141,7 @@ pub fn ip_fragment(
         p.set_flags_and_frag_offset(false, !last || orig_mf, (base + pos) as u16);
         p.fill_checksum();
         frag.reset_network_header();
-        frag.protocol = skb.protocol;
-        frag.priority = skb.priority;
-        frag.mark = skb.mark;
-        frag.ifindex = skb.ifindex;
-        frag.pkt_type = skb.pkt_type;
-        frag.vlan_tci = skb.vlan_tci;
-        frag.tstamp = skb.tstamp;
+        frag.copy_metadata_from(skb);
         out.push(frag);
     }
     Ok(())
