@@ -394,6 +394,19 @@ impl TcpSock {
         self.write_queue.push_back(TxSeg::new(seq, skb));
     }
 
+    /// Nagle (RFC 896, RFC 1122 4.2.3.4): hold the unsent segment at `idx` back if it
+    /// is small and the last one queued while data is unacknowledged
+    /// (`in_flight_data`), unless TCP_NODELAY or it carries the SYN or FIN.
+    pub(crate) fn nagle_defers(&self, idx: usize, in_flight_data: bool) -> bool {
+        let seg = &self.write_queue[idx];
+        seg.payload_len() < usize::from(self.mss)
+            && idx + 1 == self.write_queue.len()
+            && !seg.fin
+            && !seg.syn
+            && !self.nodelay
+            && in_flight_data
+    }
+
     /// How many unsent segments from `idx` (which the caller has already decided to send)
     /// go out together as one TSO super-packet (`tcp_tso_segs` with `tcp_write_xmit`'s
     /// limits): all but the last must be full-sized (a GSO packet's segments all carry
@@ -418,8 +431,8 @@ impl TcpSock {
             if next.syn || len == 0 || bytes + len > gso_max || !seq_le(next.end_seq, wnd_end) {
                 break;
             }
-            let is_tail = idx + count + 1 == self.write_queue.len();
-            if len < mss && is_tail && !next.fin && !self.nodelay {
+            // The batch's first segment is unacknowledged data by then.
+            if self.nagle_defers(idx + count, true) {
                 break;
             }
             count += 1;

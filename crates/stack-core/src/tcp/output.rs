@@ -169,17 +169,7 @@ impl Stack {
                         }
                         break;
                     }
-                    // Nagle: hold a small segment while data is unacknowledged, unless
-                    // TCP_NODELAY or it carries the FIN.
-                    let small = seg.payload_len() < usize::from(s.mss);
-                    let is_last = i + 1 == s.write_queue.len();
-                    if small
-                        && is_last
-                        && !seg.fin
-                        && !seg.syn
-                        && !s.nodelay
-                        && s.snd_una != s.snd_nxt
-                    {
+                    if s.nagle_defers(i, s.snd_una != s.snd_nxt) {
                         break;
                     }
                     i
