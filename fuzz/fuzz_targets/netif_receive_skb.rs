@@ -7,6 +7,7 @@
 //! patched in as destination so more of them get past the MAC filter.
 #![no_main]
 
+use stack_core::DeviceId;
 use libfuzzer_sys::fuzz_target;
 use stack_core::skb::Skb;
 use stack_core::{Duration, Instant, Stack, StackConfig};
@@ -23,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         if i % 2 == 0 && bytes.len() >= 6 {
             bytes[..6].copy_from_slice(&mac.0);
         }
-        stack.netif_receive_skb(now, Skb::from_vec(bytes));
+        stack.netif_receive_skb(now, DeviceId::ETH0, Skb::from_vec(bytes));
         if i % 3 == 0 {
             let _ = stack.ping_sendmsg(now, sock, Ipv4Addr::new(192, 0, 2, 1), i as u16, frame);
         }
@@ -31,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         if stack.poll_timeout().is_some_and(|t| t <= now) {
             stack.handle_timeout(now);
         }
-        while stack.poll_transmit(now).is_some() {}
+        while stack.poll_transmit_dev(now, DeviceId::ETH0).is_some() {}
         while stack.ping_recvmsg(sock).is_some() {}
         while stack.poll_event().is_some() {}
     }

@@ -21,12 +21,18 @@ use std::thread::{self, JoinHandle, ThreadId};
 
 use futures::channel::{mpsc, oneshot};
 use futures::SinkExt;
+use std::net::Ipv4Addr;
+
 use stack_core::impair::{ImpairConfig, Impairment};
+use stack_core::ipv4::fib_frontend::RouteSpec;
+use stack_core::ipv4::route::{FibEntry, Table};
+use stack_core::ipv4::Ipv4Conf;
 use stack_core::stack::{SocketId, Stack, StackConfig};
-use stack_core::Instant;
+use stack_core::wire::MacAddr;
+use stack_core::{DeviceId, IfAddr, Instant, NetDeviceConfig, Offloads};
 use stack_io::{run_device, DeviceConfig, IoStats, IoStatsSnapshot, Tap, TapOptions};
 
-use crate::proto::{Clock, Command, Exit, Protocol, ReadableFn, StackCtx};
+use crate::proto::{Clock, Command, DevLink, Exit, Protocol, ReadableFn, StackCtx};
 
 /// Capacity of the RX ring (device -> protocol task), in frames.
 pub const RX_RING: usize = 1024;
@@ -58,16 +64,27 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     thread: Mutex<Option<JoinHandle<io::Result<()>>>>,
     thread_id: ThreadId,
-    stats: Arc<IoStats>,
+    /// The attached TAPs, in the order they were given (the first is `DeviceId::ETH0`).
+    taps: Vec<AttachedTap>,
+}
+
+/// One TAP the stack runs on.
+struct AttachedTap {
+    /// The stack's device for it.
+    dev: DeviceId,
+    name: String,
+    /// The kernel's ifindex of the TAP, in the namespace it was attached in.
     ifindex: u32,
-    tap_name: String,
+    stats: Arc<IoStats>,
 }
 
 impl fmt::Debug for StackHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StackHandle")
-            .field("tap", &self.inner.tap_name)
-            .field("ifindex", &self.inner.ifindex)
+            .field(
+                "taps",
+                &self.inner.taps.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -93,68 +110,189 @@ impl Default for StackOptions {
     }
 }
 
-impl StackHandle {
-    /// Attach to the TAP device `tap_name` and start the stack on a new thread.
-    ///
-    /// The TAP is attached here, on the calling thread, so a missing or busy device is
-    /// reported by this call and the device is looked up in the caller's network
-    /// namespace. The io_uring runtime is created before this returns, for the same
-    /// reason. It also waits (up to a second) for the kernel to consider the link
-    /// running, so the kernel's first frames to us are not dropped on its side.
-    pub fn spawn(tap_name: &str, config: StackConfig, seed: u64) -> io::Result<StackHandle> {
-        Self::spawn_with(tap_name, config, seed, StackOptions::default())
+/// One TAP for [`StackBuilder::tap`]: the device the stack makes for it and its
+/// addresses. The stack's device takes the TAP's name, as `ip link` would show it.
+#[derive(Clone, Debug)]
+pub struct TapDevice {
+    pub tap: String,
+    pub mac: MacAddr,
+    /// The stack's MTU on this device (1500 by default).
+    pub mtu: usize,
+    pub addrs: Vec<IfAddr>,
+}
+
+impl TapDevice {
+    /// A TAP with one address and the MAC ustack derives from it
+    /// ([`StackConfig::default_mac`]).
+    pub fn new(tap: &str, addr: IfAddr) -> TapDevice {
+        TapDevice {
+            tap: tap.to_owned(),
+            mac: StackConfig::default_mac(addr.addr),
+            mtu: 1500,
+            addrs: vec![addr],
+        }
+    }
+}
+
+/// Starts a stack on any number of TAPs: each gets a device in the core (ifindex 2,
+/// 3, ... in the order given) and a device loop of its own on the stack thread.
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// use stack_async::{StackBuilder, TapDevice};
+/// use stack_core::IfAddr;
+/// let router = StackBuilder::new(7)
+///     .ip_forward(true)
+///     .tap(TapDevice::new("tap0", IfAddr::new([192, 0, 2, 1].into(), 24)))
+///     .tap(TapDevice::new("tap1", IfAddr::new([198, 51, 100, 1].into(), 24)))
+///     .spawn()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct StackBuilder {
+    seed: u64,
+    conf: Ipv4Conf,
+    taps: Vec<TapDevice>,
+    routes: Vec<RouteSpec>,
+    /// Default routes installed as given, without checking the gateway is on a link
+    /// (what a host's `StackConfig::gateway` has always meant).
+    onlink_gateway: Option<Ipv4Addr>,
+    options: StackOptions,
+}
+
+impl StackBuilder {
+    /// A stack with no devices yet, its randomness drawn from `seed`.
+    pub fn new(seed: u64) -> StackBuilder {
+        StackBuilder {
+            seed,
+            conf: Ipv4Conf::default(),
+            taps: Vec::new(),
+            routes: Vec::new(),
+            onlink_gateway: None,
+            options: StackOptions::default(),
+        }
     }
 
-    /// [`StackHandle::spawn`] with options (an impaired link, for testing under loss).
-    pub fn spawn_with(
-        tap_name: &str,
-        config: StackConfig,
-        seed: u64,
-        options: StackOptions,
-    ) -> io::Result<StackHandle> {
-        let tap = Tap::attach_with(
-            tap_name,
-            TapOptions {
-                offload: options.offload,
-            },
-        )?;
-        let mut config = config;
-        config.offloads = tap.offloads();
-        if options.offload && !config.offloads.tso {
-            tracing::info!(
-                device = tap_name,
-                "the TAP refused TCP segmentation offload; sending wire-size frames"
-            );
+    /// The host `StackHandle::spawn` makes: one TAP with `config`'s address, MAC, MTU,
+    /// gateway and forwarding setting.
+    pub fn host(tap: &str, config: &StackConfig, seed: u64) -> StackBuilder {
+        let mut b = StackBuilder::new(seed)
+            .ip_forward(config.ip_forward)
+            .tap(TapDevice {
+                tap: tap.to_owned(),
+                mac: config.mac,
+                mtu: config.mtu,
+                addrs: vec![IfAddr::new(config.addr, config.prefix_len.min(32))],
+            });
+        b.onlink_gateway = config.gateway;
+        b
+    }
+
+    /// Attach one more TAP.
+    pub fn tap(mut self, tap: TapDevice) -> StackBuilder {
+        self.taps.push(tap);
+        self
+    }
+
+    /// A static route, installed once every device has its addresses (so a gateway
+    /// finds its device as `ip route add` does).
+    pub fn route(mut self, route: RouteSpec) -> StackBuilder {
+        self.routes.push(route);
+        self
+    }
+
+    /// `net.ipv4.ip_forward`.
+    pub fn ip_forward(mut self, on: bool) -> StackBuilder {
+        self.conf.ip_forward = on;
+        self
+    }
+
+    /// Every `net.ipv4` setting at once.
+    pub fn conf(mut self, conf: Ipv4Conf) -> StackBuilder {
+        self.conf = conf;
+        self
+    }
+
+    pub fn options(mut self, options: StackOptions) -> StackBuilder {
+        self.options = options;
+        self
+    }
+
+    /// Attach every TAP and start the stack on a new thread.
+    ///
+    /// The TAPs are attached here, on the calling thread, so a missing or busy device
+    /// is reported by this call and devices are looked up in the caller's network
+    /// namespace. The io_uring runtime is created before this returns, for the same
+    /// reason. It also waits (up to a second) for the kernel to consider each link
+    /// running, so the kernel's first frames to us are not dropped on its side. A route
+    /// that cannot be installed fails the call with the message `ip route` would print.
+    pub fn spawn(self) -> io::Result<StackHandle> {
+        if self.taps.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "ustack: a stack needs at least one TAP device",
+            ));
         }
-        let ifindex = tap.ifindex();
-        // So that the kernel's first frames towards us are not dropped on its side.
-        match tap.wait_running(LINK_UP_WAIT) {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                device = tap_name,
-                "the TAP device is not up and running; the kernel drops frames to it \
-                 until it is (ip link set {tap_name} up)"
-            ),
-            Err(e) => tracing::warn!(device = tap_name, "cannot read the device flags: {e}"),
+        let options = self.options.clone();
+        let mut attached = Vec::with_capacity(self.taps.len());
+        let mut devices = Vec::with_capacity(self.taps.len());
+        for spec in &self.taps {
+            let tap = Tap::attach_with(
+                &spec.tap,
+                TapOptions {
+                    offload: options.offload,
+                },
+            )?;
+            let offloads = tap.offloads();
+            if options.offload && !offloads.tso {
+                tracing::info!(
+                    device = %spec.tap,
+                    "the TAP refused TCP segmentation offload; sending wire-size frames"
+                );
+            }
+            // So that the kernel's first frames towards us are not dropped on its side.
+            match tap.wait_running(LINK_UP_WAIT) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    device = %spec.tap,
+                    "the TAP device is not up and running; the kernel drops frames to it \
+                     until it is (ip link set {} up)",
+                    spec.tap
+                ),
+                Err(e) => tracing::warn!(device = %spec.tap, "cannot read the device flags: {e}"),
+            }
+            if spec.mtu > tap.mtu() as usize {
+                tracing::warn!(
+                    device = %spec.tap,
+                    stack_mtu = spec.mtu,
+                    device_mtu = tap.mtu(),
+                    "the stack's MTU is larger than the device's; the kernel will drop larger frames"
+                );
+            }
+            let dev = DeviceId(DeviceId::ETH0.0 + attached.len() as u32);
+            attached.push(AttachedTap {
+                dev,
+                name: spec.tap.clone(),
+                ifindex: tap.ifindex(),
+                stats: Arc::new(IoStats::new()),
+            });
+            devices.push((tap, spec.clone(), offloads));
         }
-        if config.mtu > tap.mtu() as usize {
-            tracing::warn!(
-                device = tap_name,
-                stack_mtu = config.mtu,
-                device_mtu = tap.mtu(),
-                "the stack's MTU is larger than the device's; the kernel will drop larger frames"
-            );
-        }
-        let stats = Arc::new(IoStats::new());
+
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-
-        let thread_stats = stats.clone();
+        let stats: Vec<Arc<IoStats>> = attached.iter().map(|t| t.stats.clone()).collect();
+        let plan = Plan {
+            seed: self.seed,
+            conf: self.conf,
+            devices,
+            routes: self.routes,
+            onlink_gateway: self.onlink_gateway,
+            options,
+        };
         let thread = thread::Builder::new()
             .name(THREAD_NAME.to_owned())
-            .spawn(move || {
-                stack_thread(tap, config, seed, options, cmd_rx, thread_stats, ready_tx)
-            })?;
+            .spawn(move || stack_thread(plan, cmd_rx, stats, ready_tx))?;
         let thread_id = thread.thread().id();
 
         match ready_rx.recv() {
@@ -180,11 +318,39 @@ impl StackHandle {
                 commands: cmd_tx,
                 thread: Mutex::new(Some(thread)),
                 thread_id,
-                stats,
-                ifindex,
-                tap_name: tap_name.to_owned(),
+                taps: attached,
             }),
         })
+    }
+}
+
+/// What the stack thread builds the stack from.
+struct Plan {
+    seed: u64,
+    conf: Ipv4Conf,
+    devices: Vec<(Tap, TapDevice, Offloads)>,
+    routes: Vec<RouteSpec>,
+    onlink_gateway: Option<Ipv4Addr>,
+    options: StackOptions,
+}
+
+impl StackHandle {
+    /// Attach to the TAP device `tap_name` and start a host stack on a new thread
+    /// ([`StackBuilder::host`]).
+    pub fn spawn(tap_name: &str, config: StackConfig, seed: u64) -> io::Result<StackHandle> {
+        Self::spawn_with(tap_name, config, seed, StackOptions::default())
+    }
+
+    /// [`StackHandle::spawn`] with options (an impaired link, for testing under loss).
+    pub fn spawn_with(
+        tap_name: &str,
+        config: StackConfig,
+        seed: u64,
+        options: StackOptions,
+    ) -> io::Result<StackHandle> {
+        StackBuilder::host(tap_name, &config, seed)
+            .options(options)
+            .spawn()
     }
 
     /// Run `f` on the stack thread with the stack and the current time, and return its
@@ -263,18 +429,37 @@ impl StackHandle {
         })
     }
 
-    /// The device counters now.
+    /// The first TAP's device-loop counters now.
     pub fn io_stats(&self) -> IoStatsSnapshot {
-        self.inner.stats.snapshot()
+        self.inner.taps[0].stats.snapshot()
     }
 
-    /// The TAP's interface index, in the namespace it was attached in.
+    /// Every TAP's device and device-loop counters, in the order they were attached.
+    pub fn io_stats_all(&self) -> Vec<(DeviceId, String, IoStatsSnapshot)> {
+        self.inner
+            .taps
+            .iter()
+            .map(|t| (t.dev, t.name.clone(), t.stats.snapshot()))
+            .collect()
+    }
+
+    /// The first TAP's interface index, in the namespace it was attached in.
     pub fn ifindex(&self) -> u32 {
-        self.inner.ifindex
+        self.inner.taps[0].ifindex
     }
 
+    /// The first TAP's name.
     pub fn tap_name(&self) -> &str {
-        &self.inner.tap_name
+        &self.inner.taps[0].name
+    }
+
+    /// The stack's device for the TAP named `tap`.
+    pub fn device_of(&self, tap: &str) -> Option<DeviceId> {
+        self.inner
+            .taps
+            .iter()
+            .find(|t| t.name == tap)
+            .map(|t| t.dev)
     }
 
     /// Stop the stack now, even if other clones of this handle exist (their calls then
@@ -320,7 +505,7 @@ impl Drop for Inner {
         let (closed, _) = mpsc::channel(0);
         drop(std::mem::replace(&mut self.commands, closed));
         if let Err(e) = self.join() {
-            tracing::warn!(device = %self.tap_name, "ustack stopped with an error: {e}");
+            tracing::warn!(device = %self.taps[0].name, "ustack stopped with an error: {e}");
         }
     }
 }
@@ -341,12 +526,9 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// `tokio_uring::start`, which is the same two steps but panics when io_uring is not
 /// available; this way that failure comes back from `spawn` as an error.
 fn stack_thread(
-    tap: Tap,
-    config: StackConfig,
-    seed: u64,
-    options: StackOptions,
+    plan: Plan,
     commands: mpsc::Receiver<Command>,
-    stats: Arc<IoStats>,
+    stats: Vec<Arc<IoStats>>,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
 ) -> io::Result<()> {
     let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
@@ -362,47 +544,102 @@ fn stack_thread(
             return Ok(());
         }
     };
-    let _ = ready.send(Ok(()));
 
     rt.block_on(async move {
         let clock = Clock::start();
-        let stack = Stack::new(config, clock.now(), seed);
-        // Receive into the core's own pool, so buffers cycle between the device and
-        // the stack without allocation.
-        let pool = stack.pool().clone();
-        let (rx_tx, rx_rx) = mpsc::channel(RX_RING);
-        let (tx_tx, tx_rx) = mpsc::channel(TX_RING);
-        let device = tokio_uring::spawn(run_device(
-            tap,
-            pool,
-            rx_tx,
-            tx_rx,
-            stats,
-            DeviceConfig::default(),
-        ));
-
-        // Ends when the handles are gone or the device loop ended; dropping it closes
-        // the TX ring, which ends the device loop in turn.
-        let mut protocol = Protocol::new(stack, clock, rx_rx, tx_tx, commands);
-        if let Some(cfg) = options.impair {
-            // Independent streams per direction from one seed.
-            let mut tx_cfg = cfg.clone();
-            tx_cfg.seed ^= 0x7478_5f69_6d70_6169;
-            protocol = protocol.with_impairment(Impairment::new(cfg), Impairment::new(tx_cfg));
+        let mut stack = Stack::with_conf(plan.conf, clock.now(), plan.seed);
+        let mut taps = Vec::new();
+        for (tap, spec, offloads) in plan.devices {
+            let dev = stack.add_device(NetDeviceConfig {
+                name: spec.tap.clone(),
+                mac: spec.mac,
+                mtu: spec.mtu,
+                offloads,
+            });
+            for a in &spec.addrs {
+                if let Err(e) = stack.addr_add(dev, *a) {
+                    let _ = ready.send(Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("ustack: cannot add address {a} to {}: {e}", spec.tap),
+                    )));
+                    return Ok(());
+                }
+            }
+            taps.push((dev, tap));
         }
-        let exit = protocol.await;
-        let device_result = match device.await {
-            Ok(r) => r,
-            Err(e) => Err(io::Error::other(format!(
-                "ustack: the device task failed: {e}"
-            ))),
-        };
-        if exit == Exit::Device {
-            if let Err(e) = &device_result {
-                tracing::error!("ustack: the device loop failed, stack stopped: {e}");
+        if let Some(gw) = plan.onlink_gateway {
+            let route = FibEntry::unicast(Ipv4Addr::UNSPECIFIED, 0, Some(gw), DeviceId::ETH0);
+            let _ = stack.fib_mut().insert(Table::Main, route);
+        }
+        for r in plan.routes {
+            if let Err(e) = stack.route_add(r) {
+                let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+                let _ = ready.send(Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "ustack: cannot add route {}/{}{via}: {e}",
+                        r.prefix, r.prefix_len
+                    ),
+                )));
+                return Ok(());
             }
         }
-        device_result
+        let _ = ready.send(Ok(()));
+
+        // Receive into the core's own pool, so buffers cycle between the devices and
+        // the stack without allocation.
+        let pool = stack.pool().clone();
+        let mut links = Vec::new();
+        let mut loops = Vec::new();
+        for ((dev, tap), stats) in taps.into_iter().zip(stats) {
+            let (rx_tx, rx_rx) = mpsc::channel(RX_RING);
+            let (tx_tx, tx_rx) = mpsc::channel(TX_RING);
+            let name = tap.name().to_owned();
+            loops.push((
+                name,
+                tokio_uring::spawn(run_device(
+                    tap,
+                    pool.clone(),
+                    rx_tx,
+                    tx_rx,
+                    stats,
+                    DeviceConfig::default(),
+                )),
+            ));
+            let mut link = DevLink::new(dev, rx_rx, tx_tx);
+            if let Some(cfg) = &plan.options.impair {
+                // Independent streams per direction (and per device) from one seed.
+                let mut rx_cfg = cfg.clone();
+                rx_cfg.seed ^= u64::from(dev.0 - DeviceId::ETH0.0).wrapping_mul(0x9e37_79b9);
+                let mut tx_cfg = rx_cfg.clone();
+                tx_cfg.seed ^= 0x7478_5f69_6d70_6169;
+                link = link.with_impairment(Impairment::new(rx_cfg), Impairment::new(tx_cfg));
+            }
+            links.push(link);
+        }
+
+        // Ends when the handles are gone or a device loop ended; dropping it closes
+        // the TX rings, which ends the device loops in turn.
+        let protocol = Protocol::new(stack, clock, links, commands);
+        let exit = protocol.await;
+        let mut result = Ok(());
+        for (name, device) in loops {
+            let r = match device.await {
+                Ok(r) => r,
+                Err(e) => Err(io::Error::other(format!(
+                    "ustack: the device task of {name} failed: {e}"
+                ))),
+            };
+            if let Err(e) = r {
+                if exit == Exit::Device {
+                    tracing::error!("ustack: the device loop of {name} failed, stack stopped: {e}");
+                }
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
     })
 }
 

@@ -16,7 +16,9 @@ mod proto;
 pub mod tcp;
 pub mod udp;
 
-pub use handle::{StackHandle, StackOptions, COMMAND_QUEUE, RX_RING, TX_RING};
+pub use handle::{
+    StackBuilder, StackHandle, StackOptions, TapDevice, COMMAND_QUEUE, RX_RING, TX_RING,
+};
 pub use ping::PingSocket;
 pub use proto::ReadableFn;
 pub use stack_core::impair::ImpairConfig;

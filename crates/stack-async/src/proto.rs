@@ -13,6 +13,7 @@ use futures::{Sink, StreamExt};
 use stack_core::gso;
 use stack_core::impair::Impairment;
 use stack_core::stack::{Event, SocketId, Stack};
+use stack_core::DeviceId;
 use stack_core::{Instant, Skb};
 
 /// Work items taken per source per poll (RX frames, commands, expired timers) before
@@ -77,18 +78,52 @@ impl Clock {
     }
 }
 
+/// The protocol task's end of one device: its RX and TX rings, and the impairment
+/// between it and the core, if any.
+pub(crate) struct DevLink {
+    pub id: DeviceId,
+    rx_ring: mpsc::Receiver<Skb>,
+    tx_ring: mpsc::Sender<Skb>,
+    /// The seeded impairment layer (`ustack host --impair`), one per direction: this
+    /// kernel has no netem, so lossy links are made here, between the wire and the core.
+    impair: Option<Box<(Impairment, Impairment)>>,
+}
+
+impl DevLink {
+    pub fn new(id: DeviceId, rx_ring: mpsc::Receiver<Skb>, tx_ring: mpsc::Sender<Skb>) -> Self {
+        DevLink {
+            id,
+            rx_ring,
+            tx_ring,
+            impair: None,
+        }
+    }
+
+    /// Impair frames in both directions: `rx` between the device and the core, `tx`
+    /// between the core and the device.
+    pub fn with_impairment(mut self, rx: Impairment, tx: Impairment) -> DevLink {
+        self.impair = Some(Box::new((rx, tx)));
+        self
+    }
+
+    fn impair_deadline(&self) -> Option<Instant> {
+        self.impair.as_ref().and_then(|i| {
+            [i.0.poll_timeout(), i.1.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+        })
+    }
+}
+
 pub(crate) struct Protocol {
     stack: Stack,
     clock: Clock,
-    rx_ring: mpsc::Receiver<Skb>,
-    tx_ring: mpsc::Sender<Skb>,
+    links: Vec<DevLink>,
     commands: mpsc::Receiver<Command>,
     readers: HashMap<SocketId, ReadableFn>,
     ready: HashMap<SocketId, ReadyFn>,
     timer: Pin<Box<tokio::time::Sleep>>,
-    /// The seeded impairment layer (`ustack host --impair`), one per direction: this
-    /// kernel has no netem, so lossy links are made here, between the wire and the core.
-    impair: Option<Box<(Impairment, Impairment)>>,
 }
 
 impl Protocol {
@@ -96,39 +131,24 @@ impl Protocol {
     pub fn new(
         stack: Stack,
         clock: Clock,
-        rx_ring: mpsc::Receiver<Skb>,
-        tx_ring: mpsc::Sender<Skb>,
+        links: Vec<DevLink>,
         commands: mpsc::Receiver<Command>,
     ) -> Protocol {
         let idle = clock.deadline(Instant::from_micros(u64::MAX));
         Protocol {
             stack,
             clock,
-            rx_ring,
-            tx_ring,
+            links,
             commands,
             readers: HashMap::new(),
             ready: HashMap::new(),
             timer: Box::pin(tokio::time::sleep_until(idle)),
-            impair: None,
         }
-    }
-
-    /// Impair frames in both directions: `rx` between the device and the core, `tx`
-    /// between the core and the device.
-    pub fn with_impairment(mut self, rx: Impairment, tx: Impairment) -> Protocol {
-        self.impair = Some(Box::new((rx, tx)));
-        self
     }
 
     /// The earliest of the core's and the impairment queues' deadlines.
     fn next_deadline(&self) -> Option<Instant> {
-        let imp = self.impair.as_ref().and_then(|i| {
-            [i.0.poll_timeout(), i.1.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min()
-        });
+        let imp = self.links.iter().filter_map(DevLink::impair_deadline).min();
         [self.stack.poll_timeout(), imp].into_iter().flatten().min()
     }
 }
@@ -138,7 +158,7 @@ impl Protocol {
 pub(crate) enum Exit {
     /// Every handle is gone, or one asked to stop.
     Handles,
-    /// The device loop ended (it closed the RX ring or the TX ring).
+    /// A device loop ended (it closed its RX ring or its TX ring).
     Device,
 }
 
@@ -170,35 +190,37 @@ impl Future for Protocol {
             again |= n == BUDGET;
         }
 
-        // RX ring: frames from the device, up to a budget (`netif_receive_skb` per frame).
-        for n in 1..=BUDGET {
-            match this.rx_ring.poll_next_unpin(cx) {
-                Poll::Ready(Some(mut skb)) => {
-                    skb.tstamp = now;
-                    match this.impair.as_mut() {
-                        Some(imp) => {
-                            // The impairment stands for a wire: it sees the segments a
-                            // GSO super-packet from the kernel stands for (impairing 64 KB
-                            // as one frame would lose 45 segments at once).
-                            let mut frames = Vec::new();
-                            gso::validate_xmit(skb, this.stack.pool(), &mut frames);
-                            for frame in frames {
-                                imp.0.push(now, frame);
+        // RX rings: frames from each device, up to a budget per device
+        // (`netif_receive_skb` per frame).
+        for link in &mut this.links {
+            for n in 1..=BUDGET {
+                match link.rx_ring.poll_next_unpin(cx) {
+                    Poll::Ready(Some(mut skb)) => {
+                        skb.tstamp = now;
+                        match link.impair.as_mut() {
+                            Some(imp) => {
+                                // The impairment stands for a wire: it sees the segments
+                                // a GSO super-packet from the kernel stands for
+                                // (impairing 64 KB as one frame would lose 45 segments).
+                                let mut frames = Vec::new();
+                                gso::validate_xmit(skb, this.stack.pool(), &mut frames);
+                                for frame in frames {
+                                    imp.0.push(now, frame);
+                                }
                             }
+                            None => this.stack.netif_receive_skb(now, link.id, skb),
                         }
-                        None => this.stack.netif_receive_skb(now, skb),
                     }
+                    Poll::Ready(None) => return Poll::Ready(Exit::Device),
+                    Poll::Pending => break,
                 }
-                Poll::Ready(None) => return Poll::Ready(Exit::Device),
-                Poll::Pending => break,
+                again |= n == BUDGET;
             }
-            again |= n == BUDGET;
-        }
-
-        // Impaired received frames whose (delayed, reordered) time has come.
-        if let Some(imp) = this.impair.as_mut() {
-            while let Some(skb) = imp.0.poll(now) {
-                this.stack.netif_receive_skb(now, skb);
+            // Impaired received frames whose (delayed, reordered) time has come.
+            if let Some(imp) = link.impair.as_mut() {
+                while let Some(skb) = imp.0.poll(now) {
+                    this.stack.netif_receive_skb(now, link.id, skb);
+                }
             }
         }
 
@@ -212,12 +234,19 @@ impl Future for Protocol {
                 }
                 if this.stack.poll_timeout().is_some_and(|t| t <= now) {
                     this.stack.handle_timeout(now);
-                } else if let Some(imp) = this.impair.as_mut() {
-                    while let Some(skb) = imp.0.poll(now) {
-                        this.stack.netif_receive_skb(now, skb);
+                } else {
+                    let mut tx_due = false;
+                    for link in &mut this.links {
+                        let Some(imp) = link.impair.as_mut() else {
+                            continue;
+                        };
+                        while let Some(skb) = imp.0.poll(now) {
+                            this.stack.netif_receive_skb(now, link.id, skb);
+                        }
+                        // TX frames due now are moved below, with the ring's room.
+                        tx_due |= imp.1.poll_timeout().is_some_and(|t| t <= now);
                     }
-                    // TX frames due now are moved below, with the ring's room.
-                    if imp.1.poll_timeout().is_some_and(|t| t <= now) {
+                    if tx_due {
                         again = true;
                         break;
                     }
@@ -258,38 +287,40 @@ impl Future for Protocol {
             }
         }
 
-        // TX ring: move frames out of the core only while the ring has room. When it is
-        // full we stop pulling and the rest wait in the core's queue, as a driver's
-        // `netif_stop_queue` holds packets in the qdisc; `poll_ready` has registered
-        // us to be woken when the device frees a slot.
-        if let Some(imp) = this.impair.as_mut() {
-            // Impaired path: everything the core sends enters the TX impairment (which
-            // is bounded and counts its own overflow), and what is due leaves for the
-            // ring below.
-            let mut frames = Vec::new();
-            while let Some(skb) = this.stack.poll_transmit(now) {
-                gso::validate_xmit(skb, this.stack.pool(), &mut frames);
-                for frame in frames.drain(..) {
-                    imp.1.push(now, frame);
+        // TX rings: move frames out of the core only while a device's ring has room.
+        // When it is full we stop pulling and the rest wait in the core's queue, as a
+        // driver's `netif_stop_queue` holds packets in the qdisc; `poll_ready` has
+        // registered us to be woken when the device frees a slot.
+        for link in &mut this.links {
+            if let Some(imp) = link.impair.as_mut() {
+                // Impaired path: everything the core sends enters the TX impairment
+                // (which is bounded and counts its own overflow), and what is due
+                // leaves for the ring below.
+                let mut frames = Vec::new();
+                while let Some(skb) = this.stack.poll_transmit_dev(now, link.id) {
+                    gso::validate_xmit(skb, this.stack.pool(), &mut frames);
+                    for frame in frames.drain(..) {
+                        imp.1.push(now, frame);
+                    }
                 }
             }
-        }
-        let mut tx = Pin::new(&mut this.tx_ring);
-        loop {
-            match tx.as_mut().poll_ready(cx) {
-                Poll::Ready(Ok(())) => match match this.impair.as_mut() {
-                    Some(imp) => imp.1.poll(now),
-                    None => this.stack.poll_transmit(now),
-                } {
-                    Some(skb) => {
-                        if tx.as_mut().start_send(skb).is_err() {
-                            return Poll::Ready(Exit::Device);
+            let mut tx = Pin::new(&mut link.tx_ring);
+            loop {
+                match tx.as_mut().poll_ready(cx) {
+                    Poll::Ready(Ok(())) => match match link.impair.as_mut() {
+                        Some(imp) => imp.1.poll(now),
+                        None => this.stack.poll_transmit_dev(now, link.id),
+                    } {
+                        Some(skb) => {
+                            if tx.as_mut().start_send(skb).is_err() {
+                                return Poll::Ready(Exit::Device);
+                            }
                         }
-                    }
-                    None => break,
-                },
-                Poll::Ready(Err(_)) => return Poll::Ready(Exit::Device),
-                Poll::Pending => break,
+                        None => break,
+                    },
+                    Poll::Ready(Err(_)) => return Poll::Ready(Exit::Device),
+                    Poll::Pending => break,
+                }
             }
         }
 
@@ -349,8 +380,8 @@ mod tests {
             // Buffer 0: the ring holds one frame (the sender's own slot).
             let (tx_ring, mut tx_out) = mpsc::channel(0);
             let (mut commands, command_rx) = mpsc::channel(16);
-            let task =
-                tokio::task::spawn_local(Protocol::new(stack, clock, rx_ring, tx_ring, command_rx));
+            let links = vec![DevLink::new(DeviceId::ETH0, rx_ring, tx_ring)];
+            let task = tokio::task::spawn_local(Protocol::new(stack, clock, links, command_rx));
 
             // The peer asks for us: the core learns its MAC and answers.
             rx_in.send(arp_request_from_peer()).await.unwrap();
@@ -426,8 +457,9 @@ mod tests {
                 let (mut rx_in, rx_ring) = mpsc::channel(16);
                 let (tx_ring, mut tx_out) = mpsc::channel(16);
                 let (commands, command_rx) = mpsc::channel(16);
-                let protocol = Protocol::new(stack, clock, rx_ring, tx_ring, command_rx)
+                let link = DevLink::new(DeviceId::ETH0, rx_ring, tx_ring)
                     .with_impairment(Impairment::new(cfg.clone()), Impairment::new(cfg));
+                let protocol = Protocol::new(stack, clock, vec![link], command_rx);
                 let task = tokio::task::spawn_local(protocol);
                 let t0 = std::time::Instant::now();
                 rx_in.send(arp_request_from_peer()).await.unwrap();

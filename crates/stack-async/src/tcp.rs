@@ -1981,7 +1981,7 @@ mod tests {
         assert_eq!(r.head, 0, "an empty ring starts over at the front");
     }
 
-    use stack_core::StackConfig;
+    use stack_core::{DeviceId, StackConfig};
 
     const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
     const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -2015,12 +2015,12 @@ mod tests {
         fn settle(&mut self, conn: Option<&Conn>) {
             for _ in 0..10_000 {
                 let mut moved = false;
-                while let Some(f) = self.a.poll_transmit(self.now) {
-                    self.b.netif_receive_skb(self.now, f);
+                while let Some(f) = self.a.poll_transmit_dev(self.now, DeviceId::ETH0) {
+                    self.b.netif_receive_skb(self.now, DeviceId::ETH0, f);
                     moved = true;
                 }
-                while let Some(f) = self.b.poll_transmit(self.now) {
-                    self.a.netif_receive_skb(self.now, f);
+                while let Some(f) = self.b.poll_transmit_dev(self.now, DeviceId::ETH0) {
+                    self.a.netif_receive_skb(self.now, DeviceId::ETH0, f);
                     moved = true;
                 }
                 while let Some(ev) = self.a.poll_event() {
@@ -2034,8 +2034,8 @@ mod tests {
                     self.now += stack_core::Duration::from_millis(1);
                     self.a.handle_timeout(self.now);
                     self.b.handle_timeout(self.now);
-                    if self.a.poll_transmit(self.now).is_none()
-                        && self.b.poll_transmit(self.now).is_none()
+                    if self.a.poll_transmit_dev(self.now, DeviceId::ETH0).is_none()
+                        && self.b.poll_transmit_dev(self.now, DeviceId::ETH0).is_none()
                     {
                         return;
                     }

@@ -876,6 +876,7 @@ mod tests {
     use stack_core::wire::ipv4::{protocol, Ipv4Options, Ipv4Repr};
     use stack_core::wire::udp::UdpRepr;
     use stack_core::wire::MacAddr;
+    use stack_core::DeviceId;
     use stack_core::{Instant, Skb};
 
     const US: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -908,7 +909,7 @@ mod tests {
             Instant::ZERO,
             1,
         );
-        while s.poll_transmit(Instant::ZERO).is_some() {}
+        while s.poll_transmit_dev(Instant::ZERO, DeviceId::ETH0).is_some() {}
         s
     }
 
@@ -954,7 +955,7 @@ mod tests {
     fn deliver(s: &mut Stack, port: u16, payload: &[u8]) {
         let (from, to) = (SocketAddrV4::new(PEER, 1000), SocketAddrV4::new(US, port));
         let skb = frame(protocol::UDP, PEER, US, &udp(from, to, payload));
-        s.netif_receive_skb(Instant::ZERO, skb);
+        s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, skb);
     }
 
     fn events(s: &mut Stack) -> Vec<Event> {
@@ -1146,7 +1147,11 @@ mod tests {
         // header and the first 8 bytes of a datagram we sent there).
         let ours = SocketAddrV4::new(US, local.port());
         let dgram = udp(peer, ours, b"early");
-        s.netif_receive_skb(Instant::ZERO, frame(protocol::UDP, PEER, US, &dgram));
+        s.netif_receive_skb(
+            Instant::ZERO,
+            DeviceId::ETH0,
+            frame(protocol::UDP, PEER, US, &dgram),
+        );
         let sent = udp(ours, peer, b"x");
         let quoted = frame(protocol::UDP, US, PEER, &sent);
         let quoted = &quoted.data()[14..14 + 20 + 8];
@@ -1157,7 +1162,11 @@ mod tests {
         };
         let mut b = vec![0; icmp.buffer_len()];
         icmp.emit(&mut b);
-        s.netif_receive_skb(Instant::ZERO, frame(protocol::ICMP, PEER, US, &b));
+        s.netif_receive_skb(
+            Instant::ZERO,
+            DeviceId::ETH0,
+            frame(protocol::ICMP, PEER, US, &b),
+        );
         assert_eq!(events(&mut s), vec![Event::Readable(id)]);
         q.drain_from(&mut s, id);
 

@@ -71,7 +71,12 @@ fn spawn_then_drop_joins_the_stack_thread() {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
             let name = std::thread::current().name().map(str::to_owned);
-            assert_eq!(stack.config().addr, OUR_IP);
+            let dev = stack
+                .devices()
+                .by_name("ustack0")
+                .expect("device named after the TAP");
+            assert_eq!(dev.id, stack_core::DeviceId::ETH0);
+            assert_eq!(dev.addrs()[0].addr, OUR_IP);
             (tid, name, now)
         }))
         .expect("call");

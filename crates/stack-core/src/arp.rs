@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::dev::DeviceId;
 use crate::neigh::NeighAction;
 use crate::skb::{PktType, Skb};
 use crate::stack::Stack;
@@ -14,7 +15,7 @@ use crate::wire::MacAddr;
 impl Stack {
     /// `arp_rcv`: validate and hand to `arp_process`. `data` is at the ARP header.
     #[tracing::instrument(level = "trace", name = "arp_rcv", skip_all)]
-    pub(crate) fn arp_rcv(&mut self, skb: Skb) {
+    pub(crate) fn arp_rcv(&mut self, dev: DeviceId, skb: Skb) {
         let repr = match ArpPacket::new_checked(skb.data()).and_then(|p| ArpRepr::parse(&p)) {
             Ok(r) => r,
             Err(e) => {
@@ -32,19 +33,23 @@ impl Stack {
             self.snmp.arp.in_errors += 1;
             return;
         }
-        self.arp_process(skb.pkt_type, repr);
+        self.arp_process(dev, skb.pkt_type, repr);
     }
 
-    /// `arp_process`: answer requests for our address, learn the sender.
+    /// `arp_process`: answer requests for any of our addresses (`arp_ignore=0`, the
+    /// weak host model), learn the sender on the device it came from.
     #[tracing::instrument(level = "trace", name = "arp_process", skip_all)]
-    fn arp_process(&mut self, pkt_type: PktType, arp: ArpRepr) {
-        let our_addr = self.config.addr;
-        if arp.sender_ip == our_addr {
-            if arp.sender_mac != self.dev.mac {
+    fn arp_process(&mut self, dev: DeviceId, pkt_type: PktType, arp: ArpRepr) {
+        let Some(our_mac) = self.devs.get(dev).map(|d| d.mac) else {
+            return;
+        };
+        if self.fib.is_local(arp.sender_ip) {
+            // Someone claims one of our addresses (or it is our own frame looped back).
+            if arp.sender_mac != our_mac {
                 self.snmp.arp.in_errors += 1;
                 tracing::warn!(
                     mac = %arp.sender_mac,
-                    "address conflict: another host claims {our_addr}"
+                    "address conflict: another host claims {}", arp.sender_ip
                 );
             }
             return;
@@ -58,6 +63,7 @@ impl Stack {
                     // The asker will talk to us: remember it (neigh_event_ns), STALE.
                     self.neigh.update(
                         self.now,
+                        dev,
                         arp.sender_ip,
                         arp.sender_mac,
                         false,
@@ -68,6 +74,7 @@ impl Stack {
                     // Gratuitous or for someone else: refresh only what we know.
                     self.neigh.update(
                         self.now,
+                        dev,
                         arp.sender_ip,
                         arp.sender_mac,
                         false,
@@ -78,6 +85,7 @@ impl Stack {
                 if for_us {
                     // Reply straight to the asker's hardware address (RFC 826 "swap").
                     self.arp_send(
+                        dev,
                         ArpOp::Reply,
                         arp.target_ip,
                         arp.sender_ip,
@@ -93,6 +101,7 @@ impl Stack {
                 let solicited = pkt_type == PktType::Host;
                 self.neigh.update(
                     self.now,
+                    dev,
                     arp.sender_ip,
                     arp.sender_mac,
                     solicited,
@@ -107,12 +116,14 @@ impl Stack {
         self.run_neigh_actions(actions);
     }
 
-    /// `arp_solicit`: ask who has `target`, broadcast or unicast to a known address.
-    pub(crate) fn arp_solicit(&mut self, target: Ipv4Addr, dst: Option<MacAddr>) {
-        let src = self.config.addr;
+    /// `arp_solicit`: ask on `dev` who has `target`, broadcast or unicast to a known
+    /// address, from the device's address on `target`'s subnet (`inet_select_addr`).
+    pub(crate) fn arp_solicit(&mut self, dev: DeviceId, target: Ipv4Addr, dst: Option<MacAddr>) {
+        let src = self.inet_select_addr(dev, target);
         match dst {
-            Some(mac) => self.arp_send(ArpOp::Request, src, target, mac, mac),
+            Some(mac) => self.arp_send(dev, ArpOp::Request, src, target, mac, mac),
             None => self.arp_send(
+                dev,
                 ArpOp::Request,
                 src,
                 target,
@@ -122,26 +133,36 @@ impl Stack {
         }
     }
 
-    /// Announce our address with a gratuitous ARP request (sender = target = us), as
-    /// Linux does when an address comes up, so peers refresh stale caches.
-    pub(crate) fn arp_announce(&mut self) {
-        let a = self.config.addr;
-        self.arp_send(ArpOp::Request, a, a, MacAddr::BROADCAST, MacAddr::ZERO);
+    /// Announce `addr` on `dev` with a gratuitous ARP request (sender = target = us),
+    /// as Linux does when an address comes up, so peers refresh stale caches.
+    pub(crate) fn arp_announce(&mut self, dev: DeviceId, addr: Ipv4Addr) {
+        self.arp_send(
+            dev,
+            ArpOp::Request,
+            addr,
+            addr,
+            MacAddr::BROADCAST,
+            MacAddr::ZERO,
+        );
     }
 
     /// `arp_send`: build and queue one ARP packet.
     #[tracing::instrument(level = "trace", name = "arp_send", skip_all)]
     fn arp_send(
         &mut self,
+        dev: DeviceId,
         op: ArpOp,
         sender_ip: Ipv4Addr,
         target_ip: Ipv4Addr,
         eth_dst: MacAddr,
         target_mac: MacAddr,
     ) {
+        let Some(sender_mac) = self.devs.get(dev).map(|d| d.mac) else {
+            return;
+        };
         let repr = ArpRepr {
             op,
-            sender_mac: self.dev.mac,
+            sender_mac,
             sender_ip,
             target_mac,
             target_ip,
@@ -153,16 +174,16 @@ impl Stack {
             ArpOp::Reply => self.snmp.arp.out_replies += 1,
             _ => self.snmp.arp.out_requests += 1,
         }
-        self.dev_hard_header_xmit(skb, eth_dst, ethertype::ARP);
+        self.dev_hard_header_xmit(dev, skb, eth_dst, ethertype::ARP);
     }
 
     /// Carry out what the neighbour table asked for.
     pub(crate) fn run_neigh_actions(&mut self, actions: Vec<NeighAction>) {
         for action in actions {
             match action {
-                NeighAction::Solicit { target, dst } => self.arp_solicit(target, dst),
-                NeighAction::Xmit { skb, mac } => {
-                    self.dev_hard_header_xmit(skb, mac, ethertype::IPV4)
+                NeighAction::Solicit { dev, target, dst } => self.arp_solicit(dev, target, dst),
+                NeighAction::Xmit { dev, skb, mac } => {
+                    self.dev_hard_header_xmit(dev, skb, mac, ethertype::IPV4)
                 }
                 NeighAction::Unreachable { skb, .. } => self.ipv4_link_failure(skb),
             }

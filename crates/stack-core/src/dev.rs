@@ -1,15 +1,21 @@
-//! The device layer: `netif_receive_skb` on ingress, `dev_queue_xmit` -> qdisc -> TX ring
-//! on egress (net/core/dev.c, net/ethernet/eth.c).
+//! The device layer: the device table (`struct net_device`, `dev_get_by_index`), its
+//! addresses (`struct in_ifaddr`), `netif_receive_skb` on ingress and `dev_queue_xmit`
+//! -> qdisc -> TX ring on egress (net/core/dev.c, net/ethernet/eth.c,
+//! net/ipv4/devinet.c).
 //!
-//! The TX ring is what the driver (stack-io via stack-async) takes frames from with
-//! [`Stack::poll_transmit`]. When it fills, the queue is stopped (`netif_stop_queue`) and
-//! packets wait in the qdisc; when the driver has taken a quarter of the ring, the queue
-//! wakes (`netif_wake_queue`) and `qdisc_run` moves packets on.
+//! Every device has its own qdisc, TX ring and counters (`ip -s link`). The driver takes
+//! frames with [`Stack::poll_transmit`], which says which device each is for. When a
+//! device's ring fills, its queue is stopped (`netif_stop_queue`) and packets wait in
+//! its qdisc; when the driver has taken a quarter of the ring, the queue wakes
+//! (`netif_wake_queue`) and `qdisc_run` moves packets on.
 
 use std::collections::VecDeque;
+use std::net::Ipv4Addr;
 
+use crate::ipv4::route::prefix_mask;
 use crate::qdisc::PfifoFast;
 use crate::skb::{PktType, Skb};
+use crate::snmp::DevStats;
 use crate::stack::{Offloads, Stack};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame, EthernetRepr};
 use crate::wire::MacAddr;
@@ -21,6 +27,126 @@ pub const GSO_MAX_SIZE: usize = 65535;
 /// Default TX ring size in frames.
 pub const DEFAULT_TX_RING: usize = 256;
 
+/// The loopback device's MTU, as Linux's `lo` (`LOOPBACK_MTU`).
+pub const LOOPBACK_MTU: usize = 65536;
+
+/// A device of a stack, by its interface index (`dev->ifindex`). Indices are never
+/// reused while the stack runs, as in Linux.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(pub u32);
+
+impl DeviceId {
+    /// `lo`, which every stack has (ifindex 1, as in Linux).
+    pub const LOOPBACK: DeviceId = DeviceId(1);
+    /// The Ethernet device that [`Stack::new`] makes for a host (ifindex 2, like
+    /// `eth0` on a Linux box).
+    pub const ETH0: DeviceId = DeviceId(2);
+
+    pub fn ifindex(self) -> u32 {
+        self.0
+    }
+}
+
+impl core::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "if{}", self.0)
+    }
+}
+
+/// What a device is (`dev->type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Ethernet,
+    Loopback,
+}
+
+/// A new Ethernet device (what the driver knows when it registers one).
+#[derive(Clone, Debug)]
+pub struct NetDeviceConfig {
+    /// Interface name (`IFNAMSIZ`: at most 15 bytes), as `ip link` shows it.
+    pub name: String,
+    pub mac: MacAddr,
+    /// Largest IP packet (L3 MTU), 1500 on Ethernet.
+    pub mtu: usize,
+    /// What the device does for us (`dev->features`).
+    pub offloads: Offloads,
+}
+
+impl NetDeviceConfig {
+    pub fn new(name: &str, mac: MacAddr) -> Self {
+        NetDeviceConfig {
+            name: name.to_owned(),
+            mac,
+            mtu: 1500,
+            offloads: Offloads::default(),
+        }
+    }
+}
+
+/// One IPv4 address of a device (`struct in_ifaddr`, `ip addr add ADDR/PREFIX`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfAddr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl IfAddr {
+    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Self {
+        IfAddr { addr, prefix_len }
+    }
+
+    pub fn mask(&self) -> u32 {
+        prefix_mask(self.prefix_len)
+    }
+
+    /// The subnet's network address.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    /// The subnet broadcast (`ifa_broadcast`); none for /31 and /32 (RFC 3021).
+    pub fn broadcast(&self) -> Option<Ipv4Addr> {
+        (self.prefix_len < 31).then(|| Ipv4Addr::from(u32::from(self.addr) | !self.mask()))
+    }
+
+    /// Whether `ip` is on this address's subnet (`inet_ifa_match`).
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(ip) ^ u32::from(self.addr)) & self.mask() == 0
+    }
+}
+
+impl core::fmt::Display for IfAddr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// Why an address or device change was refused (the errno `ip` would print).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevError {
+    /// No such device (ENODEV).
+    NoDevice,
+    /// The address is already on the device (EEXIST).
+    Exists,
+    /// The address is not on the device (EADDRNOTAVAIL).
+    NoAddress,
+    /// Prefix over 32, or an address no interface may have (EINVAL).
+    Invalid,
+}
+
+impl core::fmt::Display for DevError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            DevError::NoDevice => "Cannot find device",
+            DevError::Exists => "Address already assigned",
+            DevError::NoAddress => "Cannot assign requested address",
+            DevError::Invalid => "Invalid argument",
+        })
+    }
+}
+
+impl std::error::Error for DevError {}
+
 /// A packet tap (`AF_PACKET` socket, `ptype_all`): gets a clone of every frame, both
 /// directions, into a bounded ring; when the ring is full new frames are dropped for it.
 #[derive(Debug)]
@@ -31,49 +157,59 @@ pub struct PacketTap {
     pub drops: u64,
 }
 
-/// Identifies a packet tap of a stack.
+/// Identifies a packet tap of a stack: its device and its number there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TapId(pub usize);
+pub struct TapId(pub DeviceId, pub usize);
 
-/// The one network device of a stack.
+/// A network device (`struct net_device`).
 #[derive(Debug)]
 pub struct NetDevice {
-    pub ifindex: u32,
+    pub id: DeviceId,
+    pub name: String,
+    pub kind: DeviceKind,
     pub mac: MacAddr,
     /// Largest IP packet (L3 MTU).
     pub mtu: usize,
     /// `dev->features`: TSO only together with checksum offload.
     pub offloads: Offloads,
+    /// IPv4 addresses, primary first (`in_device->ifa_list`).
+    pub(crate) addrs: Vec<IfAddr>,
     pub(crate) qdisc: PfifoFast,
     tx_ring: VecDeque<Skb>,
     tx_ring_size: usize,
     stopped: bool,
     taps: Vec<PacketTap>,
+    /// This device's counters (`ip -s link`).
+    pub stats: DevStats,
 }
 
 impl NetDevice {
-    pub fn new(ifindex: u32, mac: MacAddr, mtu: usize) -> Self {
+    fn new(id: DeviceId, kind: DeviceKind, cfg: NetDeviceConfig) -> Self {
         NetDevice {
-            ifindex,
-            mac,
-            mtu,
-            offloads: Offloads::default(),
+            id,
+            name: cfg.name,
+            kind,
+            mac: cfg.mac,
+            mtu: cfg.mtu,
+            // TSO without checksum offload is dropped, as `netdev_fix_features` does
+            // ("Dropping TSO features since no CSUM feature").
+            offloads: Offloads {
+                csum: cfg.offloads.csum,
+                tso: cfg.offloads.tso && cfg.offloads.csum,
+            },
+            addrs: Vec::new(),
             qdisc: PfifoFast::default(),
             tx_ring: VecDeque::with_capacity(DEFAULT_TX_RING),
             tx_ring_size: DEFAULT_TX_RING,
             stopped: false,
             taps: Vec::new(),
+            stats: DevStats::default(),
         }
     }
 
-    /// The device with `offloads`; TSO without checksum offload is dropped, as
-    /// `netdev_fix_features` does ("Dropping TSO features since no CSUM feature").
-    pub fn with_offloads(mut self, offloads: Offloads) -> Self {
-        self.offloads = Offloads {
-            csum: offloads.csum,
-            tso: offloads.tso && offloads.csum,
-        };
-        self
+    /// The device's IPv4 addresses, primary first.
+    pub fn addrs(&self) -> &[IfAddr] {
+        &self.addrs
     }
 
     /// `gso_max_size` for TCP: the payload one super-packet may carry, so that the IPv4
@@ -94,6 +230,21 @@ impl NetDevice {
         self.tx_ring.len()
     }
 
+    /// Frames waiting in the qdisc and on the TX ring.
+    pub fn tx_pending(&self) -> usize {
+        self.qdisc.len() + self.tx_ring.len()
+    }
+
+    /// `inet_select_addr`: the source for a packet out of this device to `dst`: the
+    /// primary address of the subnet `dst` is on, else the device's primary address.
+    pub fn select_addr(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.addrs
+            .iter()
+            .find(|a| a.contains(dst))
+            .or(self.addrs.first())
+            .map(|a| a.addr)
+    }
+
     fn deliver_to_taps(&mut self, skb: &Skb) {
         for tap in &mut self.taps {
             if tap.ring.len() < tap.capacity {
@@ -105,33 +256,131 @@ impl NetDevice {
     }
 }
 
+/// The device table (`dev_base_head` and the ifindex hash of one netns).
+#[derive(Debug)]
+pub struct Devices {
+    /// Indexed by ifindex; slot 0 is never used.
+    slots: Vec<Option<NetDevice>>,
+    /// Where `poll_transmit` looks first, so no device's ring starves the others.
+    tx_cursor: usize,
+}
+
+impl Devices {
+    /// A table with the loopback device only.
+    pub(crate) fn new() -> Self {
+        let lo = NetDevice::new(
+            DeviceId::LOOPBACK,
+            DeviceKind::Loopback,
+            NetDeviceConfig {
+                name: "lo".to_owned(),
+                mac: MacAddr::ZERO,
+                mtu: LOOPBACK_MTU,
+                offloads: Offloads::default(),
+            },
+        );
+        Devices {
+            slots: vec![None, Some(lo)],
+            tx_cursor: 0,
+        }
+    }
+
+    pub fn get(&self, id: DeviceId) -> Option<&NetDevice> {
+        self.slots.get(id.0 as usize)?.as_ref()
+    }
+
+    pub(crate) fn get_mut(&mut self, id: DeviceId) -> Option<&mut NetDevice> {
+        self.slots.get_mut(id.0 as usize)?.as_mut()
+    }
+
+    /// `dev_get_by_name`.
+    pub fn by_name(&self, name: &str) -> Option<&NetDevice> {
+        self.iter().find(|d| d.name == name)
+    }
+
+    /// Every device, by ifindex.
+    pub fn iter(&self) -> impl Iterator<Item = &NetDevice> {
+        self.slots.iter().flatten()
+    }
+
+    fn register(&mut self, kind: DeviceKind, cfg: NetDeviceConfig) -> DeviceId {
+        let id = DeviceId(self.slots.len() as u32);
+        self.slots.push(Some(NetDevice::new(id, kind, cfg)));
+        id
+    }
+
+    /// The device holding `addr`, if any (`__ip_dev_find`).
+    pub fn dev_of_addr(&self, addr: Ipv4Addr) -> Option<&NetDevice> {
+        self.iter().find(|d| d.addrs.iter().any(|a| a.addr == addr))
+    }
+
+    /// The first Ethernet device (the one a host's broadcasts leave by when no route
+    /// names a device).
+    pub fn first_ethernet(&self) -> Option<&NetDevice> {
+        self.iter().find(|d| d.kind == DeviceKind::Ethernet)
+    }
+}
+
 impl Stack {
-    /// Ingress entry point: one Ethernet frame, `data` at the Ethernet header.
+    /// Register an Ethernet device (`register_netdevice`); it gets the next ifindex.
+    /// It has no address until [`Stack::addr_add`] gives it one.
+    pub fn add_device(&mut self, cfg: NetDeviceConfig) -> DeviceId {
+        let id = self.devs.register(DeviceKind::Ethernet, cfg);
+        // A route cached before may now have a better device.
+        self.fib.touch();
+        id
+    }
+
+    /// The device table.
+    pub fn devices(&self) -> &Devices {
+        &self.devs
+    }
+
+    /// One device. Panics on an id this stack never gave out (a driver bug).
+    pub fn device(&self, id: DeviceId) -> &NetDevice {
+        self.devs.get(id).expect("a DeviceId from this stack")
+    }
+
+    /// `dev_set_mtu` (`ip link set DEV mtu N`): cached routes pick up the new MTU.
+    pub fn set_mtu(&mut self, id: DeviceId, mtu: usize) -> Result<(), DevError> {
+        // 68: the smallest MTU IPv4 allows (RFC 791, `ETH_MIN_MTU`).
+        if !(68..=65535).contains(&mtu) {
+            return Err(DevError::Invalid);
+        }
+        self.devs.get_mut(id).ok_or(DevError::NoDevice)?.mtu = mtu;
+        self.fib.touch();
+        Ok(())
+    }
+
+    /// Ingress entry point: one Ethernet frame received on `dev`, `data` at the
+    /// Ethernet header.
     ///
     /// `eth_type_trans` classifies the frame by destination MAC, packet taps get a clone,
     /// an 802.1Q tag is moved into `vlan_tci` (`skb_vlan_untag`), frames for another MAC or
     /// an unknown VLAN are dropped (the MAC filter), and the rest go to the protocol
     /// handler of their EtherType: `arp_rcv` or `ip_rcv`.
-    #[tracing::instrument(level = "trace", name = "netif_receive_skb", skip_all, fields(len = skb.len()))]
-    pub fn netif_receive_skb(&mut self, now: crate::time::Instant, mut skb: Skb) {
+    #[tracing::instrument(level = "trace", name = "netif_receive_skb", skip_all, fields(dev = dev.0, len = skb.len()))]
+    pub fn netif_receive_skb(&mut self, now: crate::time::Instant, dev: DeviceId, mut skb: Skb) {
         self.now = now;
         skb.tstamp = now;
-        skb.ifindex = self.dev.ifindex;
-        let stats = &mut self.snmp.dev;
-        stats.rx_packets += 1;
-        stats.rx_bytes += skb.len() as u64;
+        skb.ifindex = dev.0;
+        let Some(d) = self.devs.get_mut(dev) else {
+            tracing::warn!(%dev, "drop: frame for a device the stack does not have");
+            return;
+        };
+        d.stats.rx_packets += 1;
+        d.stats.rx_bytes += skb.len() as u64;
 
         let repr =
             match EthernetFrame::new_checked(skb.data()).and_then(|f| EthernetRepr::parse(&f)) {
                 Ok(r) => r,
                 Err(_) => {
-                    stats.rx_errors += 1;
+                    d.stats.rx_errors += 1;
                     tracing::trace!("drop: runt or undecodable Ethernet frame");
                     return;
                 }
             };
         skb.reset_mac_header();
-        skb.pkt_type = if repr.dst == self.dev.mac {
+        skb.pkt_type = if repr.dst == d.mac {
             PktType::Host
         } else if repr.dst.is_broadcast() {
             PktType::Broadcast
@@ -140,11 +389,11 @@ impl Stack {
         } else {
             PktType::OtherHost
         };
-        if !self.dev.taps.is_empty() {
-            self.dev.deliver_to_taps(&skb);
+        if !d.taps.is_empty() {
+            d.deliver_to_taps(&skb);
         }
         if skb.pull(repr.header_len()).is_err() {
-            self.snmp.dev.rx_errors += 1;
+            d.stats.rx_errors += 1;
             return;
         }
         skb.protocol = repr.ethertype;
@@ -157,28 +406,37 @@ impl Stack {
             }
         }
         if skb.pkt_type == PktType::OtherHost {
-            self.snmp.dev.rx_otherhost += 1;
+            d.stats.rx_otherhost += 1;
             tracing::trace!("drop: PACKET_OTHERHOST");
             return;
         }
         skb.reset_network_header();
         match skb.protocol {
             ethertype::IPV4 => self.ip_rcv(skb),
-            ethertype::ARP => self.arp_rcv(skb),
+            ethertype::ARP => self.arp_rcv(dev, skb),
             _ => {
-                self.snmp.dev.rx_nohandler += 1;
+                d.stats.rx_nohandler += 1;
                 tracing::trace!(ethertype = skb.protocol, "drop: no protocol handler");
             }
         }
         self.process_backlog();
     }
 
-    /// Push the Ethernet header and queue the frame (`dev_hard_header` + `dev_queue_xmit`).
-    /// `data` is at the network header.
-    pub(crate) fn dev_hard_header_xmit(&mut self, mut skb: Skb, dst: MacAddr, proto: u16) {
+    /// Push the Ethernet header and queue the frame on `dev` (`dev_hard_header` +
+    /// `dev_queue_xmit`). `data` is at the network header.
+    pub(crate) fn dev_hard_header_xmit(
+        &mut self,
+        dev: DeviceId,
+        mut skb: Skb,
+        dst: MacAddr,
+        proto: u16,
+    ) {
+        let Some(d) = self.devs.get_mut(dev) else {
+            return;
+        };
         let repr = EthernetRepr {
             dst,
-            src: self.dev.mac,
+            src: d.mac,
             vlan: None,
             ethertype: proto,
         };
@@ -188,89 +446,123 @@ impl Stack {
             Err(_) => {
                 // Every egress skb is allocated with MAX_HEADER of headroom; a packet
                 // that lost it is a bug upstream, counted rather than trusted.
-                self.snmp.dev.tx_dropped += 1;
+                d.stats.tx_dropped += 1;
                 tracing::warn!("drop: no headroom for the Ethernet header");
                 return;
             }
         }
-        self.dev_queue_xmit(skb);
+        self.dev_queue_xmit(dev, skb);
     }
 
-    /// Queue a complete frame (`data` at the Ethernet header) on the qdisc and run it.
-    #[tracing::instrument(level = "trace", name = "dev_queue_xmit", skip_all, fields(len = skb.len()))]
-    pub(crate) fn dev_queue_xmit(&mut self, mut skb: Skb) {
+    /// Queue a complete frame (`data` at the Ethernet header) on `dev`'s qdisc and run
+    /// it.
+    #[tracing::instrument(level = "trace", name = "dev_queue_xmit", skip_all, fields(dev = dev.0, len = skb.len()))]
+    pub(crate) fn dev_queue_xmit(&mut self, dev: DeviceId, mut skb: Skb) {
         debug_assert!(skb.len() >= ethernet::HEADER_LEN);
+        let Some(d) = self.devs.get_mut(dev) else {
+            return;
+        };
         skb.reset_mac_header();
-        skb.ifindex = self.dev.ifindex;
-        if !self.dev.taps.is_empty() {
+        skb.ifindex = dev.0;
+        if !d.taps.is_empty() {
             let mut seen = skb.clone();
             seen.pkt_type = PktType::Outgoing;
-            self.dev.deliver_to_taps(&seen);
+            d.deliver_to_taps(&seen);
         }
-        if let Err(dropped) = self.dev.qdisc.enqueue(skb) {
-            self.snmp.dev.tx_dropped += 1;
+        if let Err(dropped) = d.qdisc.enqueue(skb) {
+            d.stats.tx_dropped += 1;
             tracing::trace!("drop: qdisc full");
             drop(dropped);
             return;
         }
-        self.qdisc_run();
+        qdisc_run(d);
     }
 
-    /// `__qdisc_run`: move packets from the qdisc to the TX ring until it is empty or the
-    /// ring is full, stopping the queue in the latter case.
-    #[tracing::instrument(level = "trace", name = "qdisc_run", skip_all)]
-    fn qdisc_run(&mut self) {
-        let dev = &mut self.dev;
-        while !dev.stopped {
-            let Some(skb) = dev.qdisc.dequeue() else {
-                break;
+    /// The next frame for a wire and the device it leaves by (`data` at the Ethernet
+    /// header), as a NIC takes a descriptor off its TX ring. Devices take turns, one
+    /// frame each. Wakes a stopped queue once a quarter of its ring is free.
+    pub fn poll_transmit(&mut self, now: crate::time::Instant) -> Option<(DeviceId, Skb)> {
+        self.now = now;
+        let n = self.devs.slots.len();
+        for i in 0..n {
+            let at = (self.devs.tx_cursor + i) % n;
+            let Some(Some(d)) = self.devs.slots.get_mut(at) else {
+                continue;
             };
-            // `ndo_start_xmit`: place on the ring.
-            dev.tx_ring.push_back(skb);
-            if dev.tx_ring.len() >= dev.tx_ring_size {
-                dev.stopped = true;
-                self.snmp.dev.tx_queue_stopped += 1;
+            if let Some(skb) = dev_xmit_one(d) {
+                self.devs.tx_cursor = at + 1;
+                return Some((d.id, skb));
             }
         }
+        None
     }
 
-    /// The next frame for the wire (`data` at the Ethernet header), as a NIC takes a
-    /// descriptor off its TX ring. Wakes a stopped queue once a quarter of the ring is free.
-    pub fn poll_transmit(&mut self, now: crate::time::Instant) -> Option<Skb> {
+    /// The next frame for `dev`'s wire only, for a driver that runs a loop per device.
+    pub fn poll_transmit_dev(&mut self, now: crate::time::Instant, dev: DeviceId) -> Option<Skb> {
         self.now = now;
-        let skb = self.dev.tx_ring.pop_front()?;
-        self.snmp.dev.tx_packets += 1;
-        self.snmp.dev.tx_bytes += skb.len() as u64;
-        if self.dev.stopped && self.dev.tx_ring.len() <= self.dev.tx_ring_size * 3 / 4 {
-            self.dev.stopped = false;
-            self.qdisc_run();
-        }
-        Some(skb)
+        dev_xmit_one(self.devs.get_mut(dev)?)
     }
 
-    /// Frames waiting in the qdisc and on the TX ring.
+    /// Frames waiting in qdiscs and on TX rings, all devices together.
     pub fn tx_pending(&self) -> usize {
-        self.dev.qdisc.len() + self.dev.tx_ring.len()
+        self.devs.iter().map(NetDevice::tx_pending).sum()
     }
 
-    /// Open a packet tap that sees every frame in both directions (like tcpdump's
-    /// AF_PACKET socket), keeping at most `capacity` frames until read.
-    pub fn packet_tap_open(&mut self, capacity: usize) -> TapId {
-        self.dev.taps.push(PacketTap {
+    /// Open a packet tap on `dev` that sees every frame in both directions (like
+    /// tcpdump's AF_PACKET socket), keeping at most `capacity` frames until read.
+    pub fn packet_tap_open(&mut self, dev: DeviceId, capacity: usize) -> Option<TapId> {
+        let d = self.devs.get_mut(dev)?;
+        d.taps.push(PacketTap {
             ring: VecDeque::with_capacity(capacity.min(1024)),
             capacity,
             drops: 0,
         });
-        TapId(self.dev.taps.len() - 1)
+        Some(TapId(dev, d.taps.len() - 1))
     }
 
     /// The next captured frame of a tap (`data` at the Ethernet header; `pkt_type` tells
     /// the direction).
     pub fn packet_tap_recv(&mut self, tap: TapId) -> Option<Skb> {
-        self.dev.taps.get_mut(tap.0)?.ring.pop_front()
+        self.devs
+            .get_mut(tap.0)?
+            .taps
+            .get_mut(tap.1)?
+            .ring
+            .pop_front()
     }
 
     pub fn packet_tap_drops(&self, tap: TapId) -> u64 {
-        self.dev.taps.get(tap.0).map_or(0, |t| t.drops)
+        self.devs
+            .get(tap.0)
+            .and_then(|d| d.taps.get(tap.1))
+            .map_or(0, |t| t.drops)
     }
+}
+
+/// `__qdisc_run`: move packets from the qdisc to the TX ring until it is empty or the
+/// ring is full, stopping the queue in the latter case.
+fn qdisc_run(d: &mut NetDevice) {
+    while !d.stopped {
+        let Some(skb) = d.qdisc.dequeue() else {
+            break;
+        };
+        // `ndo_start_xmit`: place on the ring.
+        d.tx_ring.push_back(skb);
+        if d.tx_ring.len() >= d.tx_ring_size {
+            d.stopped = true;
+            d.stats.tx_queue_stopped += 1;
+        }
+    }
+}
+
+/// Take one frame off `d`'s TX ring, waking its queue when a quarter is free.
+fn dev_xmit_one(d: &mut NetDevice) -> Option<Skb> {
+    let skb = d.tx_ring.pop_front()?;
+    d.stats.tx_packets += 1;
+    d.stats.tx_bytes += skb.len() as u64;
+    if d.stopped && d.tx_ring.len() <= d.tx_ring_size * 3 / 4 {
+        d.stopped = false;
+        qdisc_run(d);
+    }
+    Some(skb)
 }

@@ -26,6 +26,7 @@ pub mod time;
 pub mod udp;
 pub mod wire;
 
+pub use dev::{DeviceId, IfAddr, NetDeviceConfig};
 pub use ipv4::SendError;
 pub use skb::{Skb, SkbPool};
 pub use stack::{Event, Offloads, SocketId, Stack, StackConfig};

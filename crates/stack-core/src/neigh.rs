@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
+use crate::dev::DeviceId;
 use crate::rand::Rng;
 use crate::skb::Skb;
 use crate::time::{Duration, Instant};
@@ -87,17 +88,26 @@ impl Default for NeighParms {
 /// What the stack must do after a neighbour operation.
 #[derive(Debug)]
 pub enum NeighAction {
-    /// Send an ARP request for `target`: broadcast when `dst` is `None`, unicast otherwise
-    /// (`arp_solicit`).
+    /// Send an ARP request for `target` out of `dev`: broadcast when `dst` is `None`,
+    /// unicast otherwise (`arp_solicit`).
     Solicit {
+        dev: DeviceId,
         target: Ipv4Addr,
         dst: Option<MacAddr>,
     },
-    /// Transmit `skb` (`data` at the network header) to `mac`.
-    Xmit { skb: Skb, mac: MacAddr },
-    /// Resolution of `target` failed: these packets are dropped and their senders told
-    /// (`neigh_invalidate` -> `arp_error_report`).
-    Unreachable { target: Ipv4Addr, skb: Skb },
+    /// Transmit `skb` (`data` at the network header) to `mac` out of `dev`.
+    Xmit {
+        dev: DeviceId,
+        skb: Skb,
+        mac: MacAddr,
+    },
+    /// Resolution of `target` on `dev` failed: these packets are dropped and their
+    /// senders told (`neigh_invalidate` -> `arp_error_report`).
+    Unreachable {
+        dev: DeviceId,
+        target: Ipv4Addr,
+        skb: Skb,
+    },
 }
 
 #[derive(Debug)]
@@ -124,11 +134,12 @@ pub struct NeighStats {
     pub table_fulls: u64,
 }
 
-/// The ARP neighbour table of one device.
+/// The ARP neighbour table (`arp_tbl`): one table for every device, entries keyed by
+/// (device, address) as `neigh_lookup(tbl, key, dev)`.
 #[derive(Debug)]
 pub struct NeighTable {
     parms: NeighParms,
-    entries: HashMap<Ipv4Addr, Neighbour>,
+    entries: HashMap<(DeviceId, Ipv4Addr), Neighbour>,
     reachable_time: Duration,
     rng: Rng,
     next_gc: Instant,
@@ -161,9 +172,9 @@ impl NeighTable {
         self.entries.is_empty()
     }
 
-    /// State and address of the entry for `ip`, if any (`ip neigh show`).
-    pub fn lookup(&self, ip: Ipv4Addr) -> Option<(NudState, Option<MacAddr>)> {
-        self.entries.get(&ip).map(|n| (n.state, n.lladdr))
+    /// State and address of the entry for `ip` on `dev`, if any (`ip neigh show`).
+    pub fn lookup(&self, dev: DeviceId, ip: Ipv4Addr) -> Option<(NudState, Option<MacAddr>)> {
+        self.entries.get(&(dev, ip)).map(|n| (n.state, n.lladdr))
     }
 
     /// Packets waiting for resolution, all entries together.
@@ -171,15 +182,30 @@ impl NeighTable {
         self.entries.values().map(|n| n.arp_queue.len()).sum()
     }
 
-    /// Every entry, for display.
-    pub fn entries(&self) -> Vec<(Ipv4Addr, NudState, Option<MacAddr>)> {
+    /// Every entry, by device then address, for display.
+    pub fn entries(&self) -> Vec<(DeviceId, Ipv4Addr, NudState, Option<MacAddr>)> {
         let mut v: Vec<_> = self
             .entries
             .iter()
-            .map(|(ip, n)| (*ip, n.state, n.lladdr))
+            .map(|(&(dev, ip), n)| (dev, ip, n.state, n.lladdr))
             .collect();
-        v.sort_by_key(|e| u32::from(e.0));
+        v.sort_by_key(|e| (e.0, u32::from(e.1)));
         v
+    }
+
+    /// `ip neigh flush [dev DEV]` (`neigh_flush_dev`): forget every entry (of `dev`);
+    /// packets waiting for resolution are dropped and counted. Returns how many went.
+    pub fn flush(&mut self, dev: Option<DeviceId>) -> usize {
+        let before = self.entries.len();
+        let stats = &mut self.stats;
+        self.entries.retain(|&(d, _), n| {
+            let keep = dev.is_some_and(|want| want != d);
+            if !keep {
+                stats.unresolved_discards += n.arp_queue.len() as u64;
+            }
+            keep
+        });
+        before - self.entries.len()
     }
 
     /// `neigh_resolve_output`: send `skb` (`data` at the network header) to `nexthop`,
@@ -187,11 +213,13 @@ impl NeighTable {
     pub fn resolve_output(
         &mut self,
         now: Instant,
+        dev: DeviceId,
         nexthop: Ipv4Addr,
         skb: Skb,
         out: &mut Vec<NeighAction>,
     ) {
-        if !self.entries.contains_key(&nexthop) && !self.make_room(now) {
+        let key = (dev, nexthop);
+        if !self.entries.contains_key(&key) && !self.make_room(now) {
             self.stats.table_fulls += 1;
             self.stats.unresolved_discards += 1;
             tracing::trace!(%nexthop, "drop: neighbour table full");
@@ -199,7 +227,7 @@ impl NeighTable {
         }
         let parms = &self.parms;
         let reachable_time = self.reachable_time;
-        let n = self.entries.entry(nexthop).or_insert_with(|| Neighbour {
+        let n = self.entries.entry(key).or_insert_with(|| Neighbour {
             state: NudState::Failed,
             lladdr: None,
             confirmed: now,
@@ -225,6 +253,7 @@ impl NeighTable {
                 n.probes = 1;
                 n.timer = Some(now + parms.retrans_time);
                 out.push(NeighAction::Solicit {
+                    dev,
                     target: nexthop,
                     dst: None,
                 });
@@ -238,7 +267,7 @@ impl NeighTable {
         }
         let _ = reachable_time;
         let mac = n.lladdr.expect("valid neighbour has an address");
-        out.push(NeighAction::Xmit { skb, mac });
+        out.push(NeighAction::Xmit { dev, skb, mac });
     }
 
     fn enqueue(n: &mut Neighbour, limit: usize, stats: &mut NeighStats, skb: Skb) {
@@ -257,21 +286,24 @@ impl NeighTable {
     /// becomes STALE if the address changed. `create` allows a new entry (an ARP request
     /// addressed to us, as `neigh_event_ns`); unsolicited information about unknown hosts
     /// is ignored (arp_accept=0).
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
         now: Instant,
+        dev: DeviceId,
         ip: Ipv4Addr,
         mac: MacAddr,
         solicited: bool,
         create: bool,
         out: &mut Vec<NeighAction>,
     ) {
-        if !self.entries.contains_key(&ip) {
+        let key = (dev, ip);
+        if !self.entries.contains_key(&key) {
             if !create || !self.make_room(now) {
                 return;
             }
             self.entries.insert(
-                ip,
+                key,
                 Neighbour {
                     state: NudState::Stale,
                     lladdr: Some(mac),
@@ -288,7 +320,7 @@ impl NeighTable {
             }
         }
         let reachable_time = self.reachable_time;
-        let n = self.entries.get_mut(&ip).expect("entry present");
+        let n = self.entries.get_mut(&key).expect("entry present");
         let changed = n.lladdr != Some(mac);
         if solicited {
             n.state = NudState::Reachable;
@@ -305,7 +337,7 @@ impl NeighTable {
         n.probes = 0;
         // The address is known: send what waited for it (neigh_update -> n->output).
         while let Some(skb) = n.arp_queue.pop_front() {
-            out.push(NeighAction::Xmit { skb, mac });
+            out.push(NeighAction::Xmit { dev, skb, mac });
         }
     }
 
@@ -322,7 +354,7 @@ impl NeighTable {
         let reachable_time = self.reachable_time;
         let max_incomplete = parms.mcast_probes;
         let max_probe = parms.ucast_probes;
-        for (&ip, n) in self.entries.iter_mut() {
+        for (&(dev, ip), n) in self.entries.iter_mut() {
             let Some(due) = n.timer else { continue };
             if due > now {
                 continue;
@@ -352,6 +384,7 @@ impl NeighTable {
                         n.probes = 1;
                         n.timer = Some(now + parms.retrans_time);
                         out.push(NeighAction::Solicit {
+                            dev,
                             target: ip,
                             dst: n.lladdr,
                         });
@@ -369,13 +402,21 @@ impl NeighTable {
                         self.stats.res_failed += 1;
                         tracing::debug!(%ip, "neighbour resolution failed");
                         while let Some(skb) = n.arp_queue.pop_front() {
-                            out.push(NeighAction::Unreachable { target: ip, skb });
+                            out.push(NeighAction::Unreachable {
+                                dev,
+                                target: ip,
+                                skb,
+                            });
                         }
                     } else {
                         n.probes += 1;
                         n.timer = Some(now + parms.retrans_time);
                         let dst = (n.state == NudState::Probe).then_some(n.lladdr).flatten();
-                        out.push(NeighAction::Solicit { target: ip, dst });
+                        out.push(NeighAction::Solicit {
+                            dev,
+                            target: ip,
+                            dst,
+                        });
                     }
                 }
                 NudState::Stale | NudState::Failed => {}
@@ -407,10 +448,10 @@ impl NeighTable {
                 matches!(n.state, NudState::Failed | NudState::Stale) && n.arp_queue.is_empty()
             })
             .min_by_key(|(_, n)| n.used)
-            .map(|(ip, _)| *ip);
+            .map(|(key, _)| *key);
         match victim {
-            Some(ip) => {
-                self.entries.remove(&ip);
+            Some(key) => {
+                self.entries.remove(&key);
                 true
             }
             None => false,
@@ -431,6 +472,7 @@ mod tests {
 
     const IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
     const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const D: DeviceId = DeviceId(2);
 
     fn pkt(tag: u8) -> Skb {
         Skb::from_vec(vec![tag])
@@ -464,17 +506,17 @@ mod tests {
     fn first_packet_is_queued_and_flushed_on_reply() {
         let mut t = table();
         let mut out = Vec::new();
-        t.resolve_output(Instant::ZERO, IP, pkt(1), &mut out);
-        t.resolve_output(Instant::from_millis(1), IP, pkt(2), &mut out);
+        t.resolve_output(Instant::ZERO, D, IP, pkt(1), &mut out);
+        t.resolve_output(Instant::from_millis(1), D, IP, pkt(2), &mut out);
         assert_eq!(solicits(&out), vec![None], "one broadcast probe");
-        assert_eq!(t.lookup(IP).unwrap().0, NudState::Incomplete);
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Incomplete);
         assert_eq!(t.unres_qlen(), 2);
         out.clear();
-        t.update(Instant::from_millis(3), IP, MAC, true, false, &mut out);
+        t.update(Instant::from_millis(3), D, IP, MAC, true, false, &mut out);
         let sent: Vec<u8> = out
             .iter()
             .map(|a| match a {
-                NeighAction::Xmit { skb, mac } => {
+                NeighAction::Xmit { skb, mac, .. } => {
                     assert_eq!(*mac, MAC);
                     skb.data()[0]
                 }
@@ -482,9 +524,9 @@ mod tests {
             })
             .collect();
         assert_eq!(sent, vec![1, 2], "queued packets leave in order");
-        assert_eq!(t.lookup(IP), Some((NudState::Reachable, Some(MAC))));
+        assert_eq!(t.lookup(D, IP), Some((NudState::Reachable, Some(MAC))));
         out.clear();
-        t.resolve_output(Instant::from_millis(4), IP, pkt(3), &mut out);
+        t.resolve_output(Instant::from_millis(4), D, IP, pkt(3), &mut out);
         assert!(matches!(&out[..], [NeighAction::Xmit { .. }]));
     }
 
@@ -492,14 +534,14 @@ mod tests {
     fn incomplete_fails_after_three_probes_and_reports_queued_packets() {
         let mut t = table();
         let mut out = Vec::new();
-        t.resolve_output(Instant::ZERO, IP, pkt(7), &mut out);
+        t.resolve_output(Instant::ZERO, D, IP, pkt(7), &mut out);
         advance(&mut t, Instant::ZERO, Instant::from_millis(2900), &mut out);
         assert_eq!(
             solicits(&out),
             vec![None, None, None],
             "probes at 0, 1, 2 s"
         );
-        assert_eq!(t.lookup(IP).unwrap().0, NudState::Incomplete);
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Incomplete);
         out.clear();
         advance(
             &mut t,
@@ -507,14 +549,14 @@ mod tests {
             Instant::from_secs(3),
             &mut out,
         );
-        assert_eq!(t.lookup(IP).unwrap().0, NudState::Failed);
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Failed);
         assert_eq!(t.stats.res_failed, 1);
         assert!(matches!(&out[..], [NeighAction::Unreachable { target, .. }] if *target == IP));
         assert_eq!(t.unres_qlen(), 0);
         // Using a failed entry starts a new resolution.
         out.clear();
-        t.resolve_output(Instant::from_secs(4), IP, pkt(8), &mut out);
-        assert_eq!(t.lookup(IP).unwrap().0, NudState::Incomplete);
+        t.resolve_output(Instant::from_secs(4), D, IP, pkt(8), &mut out);
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Incomplete);
         assert_eq!(solicits(&out), vec![None]);
     }
 
@@ -530,13 +572,13 @@ mod tests {
         );
         let mut out = Vec::new();
         for i in 0..10 {
-            t.resolve_output(Instant::from_millis(i), IP, pkt(i as u8), &mut out);
+            t.resolve_output(Instant::from_millis(i), D, IP, pkt(i as u8), &mut out);
         }
         assert_eq!(t.unres_qlen(), 3);
         assert_eq!(t.stats.unresolved_discards, 7);
         assert_eq!(t.stats.unres_qlen_max, 3);
         out.clear();
-        t.update(Instant::from_millis(20), IP, MAC, true, false, &mut out);
+        t.update(Instant::from_millis(20), D, IP, MAC, true, false, &mut out);
         let tags: Vec<u8> = out
             .iter()
             .filter_map(|a| match a {
@@ -551,24 +593,24 @@ mod tests {
     fn reachable_stale_delay_probe_failed() {
         let mut t = table();
         let mut out = Vec::new();
-        t.resolve_output(Instant::ZERO, IP, pkt(0), &mut out);
-        t.update(Instant::ZERO, IP, MAC, true, false, &mut out);
+        t.resolve_output(Instant::ZERO, D, IP, pkt(0), &mut out);
+        t.update(Instant::ZERO, D, IP, MAC, true, false, &mut out);
         out.clear();
         let rt = t.reachable_time;
         assert!(rt >= Duration::from_secs(15) && rt < Duration::from_secs(45));
         // Unused past reachable_time (and past the used+delay window): STALE.
         let after = Instant::ZERO + rt + Duration::from_secs(6);
         advance(&mut t, Instant::ZERO, after, &mut out);
-        assert_eq!(t.lookup(IP).unwrap().0, NudState::Stale);
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Stale);
         assert!(out.is_empty(), "no probes for an idle entry");
         // Sending through a stale entry goes out at once and arms DELAY.
-        t.resolve_output(after, IP, pkt(1), &mut out);
+        t.resolve_output(after, D, IP, pkt(1), &mut out);
         assert!(matches!(&out[..], [NeighAction::Xmit { .. }]));
-        assert_eq!(t.lookup(IP).unwrap().0, NudState::Delay);
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Delay);
         out.clear();
         // No confirmation within 5 s: PROBE with unicast probes to the known address.
         advance(&mut t, after, after + Duration::from_millis(5000), &mut out);
-        assert_eq!(t.lookup(IP).unwrap().0, NudState::Probe);
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Probe);
         assert_eq!(solicits(&out), vec![Some(MAC)]);
         out.clear();
         advance(
@@ -578,7 +620,7 @@ mod tests {
             &mut out,
         );
         assert_eq!(solicits(&out), vec![Some(MAC), Some(MAC)]);
-        assert_eq!(t.lookup(IP).unwrap().0, NudState::Failed);
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Failed);
         assert_eq!(t.stats.res_failed, 1);
     }
 
@@ -586,34 +628,42 @@ mod tests {
     fn probe_answered_returns_to_reachable() {
         let mut t = table();
         let mut out = Vec::new();
-        t.update(Instant::ZERO, IP, MAC, false, true, &mut out);
-        assert_eq!(t.lookup(IP), Some((NudState::Stale, Some(MAC))));
-        t.resolve_output(Instant::from_secs(1), IP, pkt(1), &mut out);
+        t.update(Instant::ZERO, D, IP, MAC, false, true, &mut out);
+        assert_eq!(t.lookup(D, IP), Some((NudState::Stale, Some(MAC))));
+        t.resolve_output(Instant::from_secs(1), D, IP, pkt(1), &mut out);
         advance(
             &mut t,
             Instant::from_secs(1),
             Instant::from_secs(6),
             &mut out,
         );
-        assert_eq!(t.lookup(IP).unwrap().0, NudState::Probe);
-        t.update(Instant::from_millis(6200), IP, MAC, true, false, &mut out);
-        assert_eq!(t.lookup(IP).unwrap().0, NudState::Reachable);
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Probe);
+        t.update(
+            Instant::from_millis(6200),
+            D,
+            IP,
+            MAC,
+            true,
+            false,
+            &mut out,
+        );
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Reachable);
     }
 
     #[test]
     fn unsolicited_updates_do_not_create_entries_and_stale_on_change() {
         let mut t = table();
         let mut out = Vec::new();
-        t.update(Instant::ZERO, IP, MAC, false, false, &mut out);
+        t.update(Instant::ZERO, D, IP, MAC, false, false, &mut out);
         assert!(
-            t.lookup(IP).is_none(),
+            t.lookup(D, IP).is_none(),
             "arp_accept=0: no entry from gratuitous ARP"
         );
-        t.resolve_output(Instant::ZERO, IP, pkt(0), &mut out);
-        t.update(Instant::ZERO, IP, MAC, true, false, &mut out);
+        t.resolve_output(Instant::ZERO, D, IP, pkt(0), &mut out);
+        t.update(Instant::ZERO, D, IP, MAC, true, false, &mut out);
         let other = MacAddr([2, 0, 0, 0, 0, 9]);
-        t.update(Instant::from_secs(1), IP, other, false, false, &mut out);
-        assert_eq!(t.lookup(IP), Some((NudState::Stale, Some(other))));
+        t.update(Instant::from_secs(1), D, IP, other, false, false, &mut out);
+        assert_eq!(t.lookup(D, IP), Some((NudState::Stale, Some(other))));
     }
 
     #[test]
@@ -630,6 +680,7 @@ mod tests {
         for i in 0..4u8 {
             t.resolve_output(
                 Instant::ZERO,
+                D,
                 Ipv4Addr::new(192, 0, 2, 10 + i),
                 pkt(i),
                 &mut out,
@@ -638,6 +689,7 @@ mod tests {
         // All four are INCOMPLETE with queued packets: nothing can be evicted.
         t.resolve_output(
             Instant::ZERO,
+            D,
             Ipv4Addr::new(192, 0, 2, 99),
             pkt(9),
             &mut out,
@@ -648,12 +700,13 @@ mod tests {
         advance(&mut t, Instant::ZERO, Instant::from_secs(4), &mut out);
         t.resolve_output(
             Instant::from_secs(4),
+            D,
             Ipv4Addr::new(192, 0, 2, 99),
             pkt(9),
             &mut out,
         );
         assert_eq!(t.len(), 4);
-        assert!(t.lookup(Ipv4Addr::new(192, 0, 2, 99)).is_some());
+        assert!(t.lookup(D, Ipv4Addr::new(192, 0, 2, 99)).is_some());
         advance(
             &mut t,
             Instant::from_secs(4),
@@ -665,5 +718,36 @@ mod tests {
             "failed entries collected, left {:?}",
             t.entries()
         );
+    }
+
+    #[test]
+    fn entries_are_per_device_and_flush_drops_what_waits() {
+        let mut t = table();
+        let mut out = Vec::new();
+        let d3 = DeviceId(3);
+        t.resolve_output(Instant::ZERO, D, IP, pkt(1), &mut out);
+        t.resolve_output(Instant::ZERO, d3, IP, pkt(2), &mut out);
+        let probes: Vec<DeviceId> = out
+            .iter()
+            .filter_map(|a| match a {
+                NeighAction::Solicit { dev, .. } => Some(*dev),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            probes,
+            vec![D, d3],
+            "the same address is resolved on each device"
+        );
+        out.clear();
+        t.update(Instant::ZERO, d3, IP, MAC, true, false, &mut out);
+        assert!(matches!(&out[..], [NeighAction::Xmit { dev, .. }] if *dev == d3));
+        assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Incomplete);
+        assert_eq!(t.lookup(d3, IP).unwrap().0, NudState::Reachable);
+        assert_eq!(t.flush(Some(d3)), 1);
+        assert!(t.lookup(d3, IP).is_none());
+        assert_eq!(t.flush(None), 1);
+        assert_eq!(t.stats.unresolved_discards, 1, "the packet queued on D");
+        assert!(t.is_empty());
     }
 }

@@ -18,6 +18,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::dev::DeviceId;
 use crate::gso;
 use crate::impair::{ImpairConfig, Impairment};
 use crate::skb::Skb;
@@ -273,14 +274,14 @@ impl Pair {
         let now = self.now;
         let mut work = false;
         let mut frames = Vec::new();
-        while let Some(skb) = self.a.poll_transmit(now) {
+        while let Some((_, skb)) = self.a.poll_transmit(now) {
             gso::validate_xmit(orphan(skb), self.a.pool(), &mut frames);
             for f in frames.drain(..) {
                 self.link.a_to_b.push(now, f);
             }
             work = true;
         }
-        while let Some(skb) = self.b.poll_transmit(now) {
+        while let Some((_, skb)) = self.b.poll_transmit(now) {
             gso::validate_xmit(orphan(skb), self.b.pool(), &mut frames);
             for f in frames.drain(..) {
                 self.link.b_to_a.push(now, f);
@@ -288,11 +289,11 @@ impl Pair {
             work = true;
         }
         while let Some(skb) = self.link.a_to_b.poll(now) {
-            self.b.netif_receive_skb(now, skb);
+            self.b.netif_receive_skb(now, DeviceId::ETH0, skb);
             work = true;
         }
         while let Some(skb) = self.link.b_to_a.poll(now) {
-            self.a.netif_receive_skb(now, skb);
+            self.a.netif_receive_skb(now, DeviceId::ETH0, skb);
             work = true;
         }
         for stack in [&mut self.a, &mut self.b] {

@@ -20,6 +20,11 @@ macro_rules! mib {
         impl $name {
             pub const SECTION: &'static str = $section;
 
+            /// Add `other`'s counts to these (a sum over devices or sockets).
+            pub fn add(&mut self, other: &Self) {
+                $(self.$field += other.$field;)*
+            }
+
             /// `(name, value)` pairs in /proc order.
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$(($label, self.$field),)*]
@@ -117,6 +122,9 @@ mib! {
 mib! {
     /// Linux's `TcpExt:` line of /proc/net/netstat (the part we implement).
     pub struct TcpExtMib = "TcpExt" {
+        /// Packets dropped by the reverse-path filter (`LINUX_MIB_IPRPFILTER`; Linux
+        /// keeps it in TcpExt too).
+        ip_reverse_path_filter => "IPReversePathFilter",
         listen_overflows => "ListenOverflows",
         listen_drops => "ListenDrops",
         tcp_challenge_ack => "TCPChallengeACK",

@@ -1,4 +1,5 @@
-//! `Stack`: one host (one network device) with its protocol state, driven sans-IO.
+//! `Stack`: one network namespace's worth of state (devices, routes, neighbours,
+//! sockets), driven sans-IO: a host with one Ethernet device, or a router with many.
 //!
 //! The driver (stack-async, or a test) feeds frames in with [`Stack::netif_receive_skb`],
 //! takes frames out with [`Stack::poll_transmit`], calls [`Stack::handle_timeout`] when
@@ -8,10 +9,11 @@
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
-use crate::dev::NetDevice;
+use crate::dev::{DeviceId, Devices, IfAddr, NetDeviceConfig};
 use crate::icmp::IcmpState;
 use crate::ipv4::defrag::{Defrag, DefragParms};
-use crate::ipv4::route::{prefix_mask, Fib, FibEntry, RouteType, Table};
+use crate::ipv4::route::{Fib, FibEntry, Table};
+use crate::ipv4::Ipv4Conf;
 use crate::neigh::{NeighParms, NeighTable};
 use crate::netfilter::Netfilter;
 use crate::ping::PingTable;
@@ -26,11 +28,11 @@ use crate::wire::MacAddr;
 use slab::Slab;
 
 /// ifindex of the loopback device, as in Linux.
-pub const LOOPBACK_IFINDEX: u32 = 1;
-/// ifindex of our one Ethernet device.
-pub const ETH_IFINDEX: u32 = 2;
+pub const LOOPBACK_IFINDEX: u32 = DeviceId::LOOPBACK.0;
 
-/// What the host is: its device and address.
+/// What a host is: one Ethernet device (`eth0`, [`DeviceId::ETH0`]) with one address,
+/// and perhaps a default route. [`Stack::new`] builds it; a router builds its devices
+/// with [`Stack::with_conf`] and [`Stack::add_device`] instead.
 #[derive(Clone, Debug)]
 pub struct StackConfig {
     pub mac: MacAddr,
@@ -100,13 +102,16 @@ pub enum Event {
 }
 
 pub struct Stack {
-    pub(crate) config: StackConfig,
+    /// `net.ipv4.*` settings of the namespace.
+    pub(crate) conf: Ipv4Conf,
     pub(crate) pool: SkbPool,
     pub(crate) rng: Rng,
     /// The `now` of the entry point being run (the kernel's `jiffies`).
     pub(crate) now: Instant,
     pub(crate) snmp: Snmp,
-    pub(crate) dev: NetDevice,
+    /// The device table (`lo` and the Ethernet devices).
+    pub(crate) devs: Devices,
+    /// The ARP table of every device, keyed by (device, address) like `arp_tbl`.
     pub(crate) neigh: NeighTable,
     pub(crate) fib: Fib,
     pub(crate) nf: Netfilter,
@@ -127,7 +132,11 @@ pub struct Stack {
 impl core::fmt::Debug for Stack {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Stack")
-            .field("config", &self.config)
+            .field("conf", &self.conf)
+            .field(
+                "devices",
+                &self.devs.iter().map(|d| &d.name).collect::<Vec<_>>(),
+            )
             .field("neigh", &self.neigh.len())
             .field("tx_pending", &self.tx_pending())
             .finish()
@@ -135,8 +144,9 @@ impl core::fmt::Debug for Stack {
 }
 
 impl Stack {
-    /// A host with `config`, started at `now`, all randomness drawn from `seed`.
-    /// Queues a gratuitous ARP announcing the address.
+    /// A host with `config`, started at `now`, all randomness drawn from `seed`: `lo`,
+    /// `eth0` with the address, the default route if a gateway is given. Queues a
+    /// gratuitous ARP announcing the address.
     pub fn new(config: StackConfig, now: Instant, seed: u64) -> Stack {
         let mut config = config;
         if config.prefix_len > 32 {
@@ -146,15 +156,45 @@ impl Stack {
             );
             config.prefix_len = 32;
         }
+        let conf = Ipv4Conf {
+            ip_forward: config.ip_forward,
+            ..Ipv4Conf::default()
+        };
+        let mut stack = Stack::with_conf(conf, now, seed);
+        let eth0 = stack.add_device(NetDeviceConfig {
+            name: "eth0".to_owned(),
+            mac: config.mac,
+            mtu: config.mtu,
+            offloads: config.offloads,
+        });
+        debug_assert_eq!(eth0, DeviceId::ETH0);
+        if let Err(err) = stack.addr_add(eth0, IfAddr::new(config.addr, config.prefix_len)) {
+            tracing::warn!(%err, addr = %config.addr, "address not added");
+        }
+        if let Some(gw) = config.gateway {
+            // Installed as given (`onlink`): a host's gateway is trusted to be on the link.
+            let route = FibEntry::unicast(Ipv4Addr::UNSPECIFIED, 0, Some(gw), eth0);
+            if let Err(err) = stack.fib.insert(Table::Main, route) {
+                tracing::warn!(?err, %gw, "default route not installed");
+            }
+        }
+        stack
+    }
+
+    /// A stack with only the loopback device and the `net.ipv4` settings `conf`:
+    /// add devices with [`Stack::add_device`], addresses with [`Stack::addr_add`] and
+    /// routes with [`Stack::route_add`] (a router, or a host with several links).
+    pub fn with_conf(conf: Ipv4Conf, now: Instant, seed: u64) -> Stack {
         let mut rng = Rng::new(seed);
         let neigh_seed = rng.next_u64();
         let mut stack = Stack {
+            conf,
             pool: SkbPool::default(),
             ip_ident: rng.next_u32() as u16,
             rng,
             now,
             snmp: Snmp::default(),
-            dev: NetDevice::new(ETH_IFINDEX, config.mac, config.mtu).with_offloads(config.offloads),
+            devs: Devices::new(),
             neigh: NeighTable::new(NeighParms::default(), now, neigh_seed),
             fib: Fib::default(),
             nf: Netfilter::default(),
@@ -166,52 +206,19 @@ impl Stack {
             tcp: TcpTable::default(),
             backlog: VecDeque::new(),
             events: VecDeque::new(),
-            config,
         };
-        stack.install_address_routes();
         stack.tcp_init_table();
-        stack.arp_announce();
         stack
     }
 
-    /// The routes an address brings (`fib_add_ifaddr`): local and broadcast in the local
-    /// table, the connected subnet and the default route in the main table.
-    fn install_address_routes(&mut self) {
-        let c = &self.config;
-        let addr = u32::from(c.addr);
-        let mask = prefix_mask(c.prefix_len);
-        let entry = |prefix: u32, len: u8, rtype, gateway| FibEntry {
-            prefix: Ipv4Addr::from(prefix),
-            prefix_len: len,
-            rtype,
-            gateway,
-            oif: ETH_IFINDEX,
-            prefsrc: c.addr,
-        };
-        let mut routes = vec![(Table::Local, entry(addr, 32, RouteType::Local, None))];
-        if c.prefix_len < 31 {
-            // RFC 3021: /31 and /32 have no broadcast address.
-            routes.push((
-                Table::Local,
-                entry(addr | !mask, 32, RouteType::Broadcast, None),
-            ));
-        }
-        routes.push((
-            Table::Main,
-            entry(addr & mask, c.prefix_len, RouteType::Unicast, None),
-        ));
-        if let Some(gw) = c.gateway {
-            routes.push((Table::Main, entry(0, 0, RouteType::Unicast, Some(gw))));
-        }
-        for (table, e) in routes {
-            if let Err(err) = self.fib.insert(table, e) {
-                tracing::warn!(?err, route = ?e, "route not installed");
-            }
-        }
+    /// The `net.ipv4` settings in force.
+    pub fn conf(&self) -> &Ipv4Conf {
+        &self.conf
     }
 
-    pub fn config(&self) -> &StackConfig {
-        &self.config
+    /// Change `net.ipv4` settings (`sysctl -w`), e.g. turn forwarding on.
+    pub fn conf_mut(&mut self) -> &mut Ipv4Conf {
+        &mut self.conf
     }
 
     /// The pool that RX buffers should come from.
@@ -231,19 +238,27 @@ impl Stack {
         &self.neigh
     }
 
+    /// `ip neigh flush [dev DEV]`: forget the ARP entries (of `dev`); packets waiting for
+    /// resolution are dropped and counted. Returns how many entries went.
+    pub fn neigh_flush(&mut self, dev: Option<DeviceId>) -> usize {
+        self.neigh.flush(dev)
+    }
+
     /// The netfilter hooks, to register rules on.
     pub fn netfilter_mut(&mut self) -> &mut Netfilter {
         &mut self.nf
     }
 
-    pub fn device(&self) -> &NetDevice {
-        &self.dev
-    }
-
     /// All counters, with the neighbour table's gauges filled in.
     pub fn snmp(&self) -> Snmp {
         let mut s = self.snmp.clone();
-        s.ip.forwarding = if self.config.ip_forward { 1 } else { 2 };
+        s.ip.forwarding = if self.conf.ip_forward { 1 } else { 2 };
+        // The `Dev` section sums the Ethernet devices (`ip -s link` has each one).
+        for d in self.devs.iter() {
+            if d.kind == crate::dev::DeviceKind::Ethernet {
+                s.dev.add(&d.stats);
+            }
+        }
         s.ip.default_ttl = u64::from(crate::ipv4::DEFAULT_TTL);
         let n = &self.neigh.stats;
         s.arp.entries = self.neigh.len() as u64;

@@ -1,6 +1,7 @@
 //! Whole-host tests: a `Stack` driven in virtual time by frames a fake peer builds, with
 //! the exact frames the stack sends back checked field by field.
 
+use stack_core::DeviceId;
 use std::net::Ipv4Addr;
 
 mod common;
@@ -22,6 +23,7 @@ fn answers_arp_requests_for_its_address_only() {
     let t = Instant::from_millis(1);
     s.netif_receive_skb(
         t,
+        DeviceId::ETH0,
         arp_frame(ArpOp::Request, MacAddr::BROADCAST, MacAddr::ZERO, US),
     );
     let out = drain(&mut s, t);
@@ -40,11 +42,15 @@ fn answers_arp_requests_for_its_address_only() {
         }
     );
     // The asker is remembered (STALE), so a reply to it needs no resolution.
-    assert_eq!(s.neigh().lookup(PEER).unwrap().1, Some(PEER_MAC));
+    assert_eq!(
+        s.neigh().lookup(DeviceId::ETH0, PEER).unwrap().1,
+        Some(PEER_MAC)
+    );
 
     let other = Ipv4Addr::new(192, 0, 2, 77);
     s.netif_receive_skb(
         t,
+        DeviceId::ETH0,
         arp_frame(ArpOp::Request, MacAddr::BROADCAST, MacAddr::ZERO, other),
     );
     assert!(
@@ -60,7 +66,7 @@ fn echo_reply_waits_for_arp_then_matches_the_request() {
     let mut s = stack();
     let t0 = Instant::from_millis(10);
     let data: Vec<u8> = (0..56).collect();
-    s.netif_receive_skb(t0, echo_request(1, &data));
+    s.netif_receive_skb(t0, DeviceId::ETH0, echo_request(1, &data));
     // We do not know the peer's MAC yet: the reply is queued and ARP asks.
     let out = drain(&mut s, t0);
     assert_eq!(out.len(), 1);
@@ -89,7 +95,7 @@ fn echo_reply_waits_for_arp_then_matches_the_request() {
         }
     );
     // Now resolved: the next echo is answered at once.
-    s.netif_receive_skb(t1, echo_request(2, b"x"));
+    s.netif_receive_skb(t1, DeviceId::ETH0, echo_request(2, b"x"));
     let out = drain(&mut s, t1);
     assert_eq!(out.len(), 1);
     let snmp = s.snmp();
@@ -103,14 +109,14 @@ fn largest_unfragmented_echo_and_link_padding() {
     let mut s = stack();
     learn_peer(&mut s);
     let data = vec![0xab; 1472];
-    s.netif_receive_skb(Instant::ZERO, echo_request(9, &data));
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, echo_request(9, &data));
     let out = drain(&mut s, Instant::ZERO);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].len(), 14 + 1500);
     // A short echo padded to the Ethernet minimum: the padding is not echoed.
     let mut padded = echo_request(10, b"hi").data().to_vec();
     padded.resize(60, 0xee);
-    s.netif_receive_skb(Instant::ZERO, Skb::from_vec(padded));
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, Skb::from_vec(padded));
     let out = drain(&mut s, Instant::ZERO);
     let (_, ip, bytes) = parse_icmp(&out[0]);
     assert_eq!(ip.payload_len, 8 + 2);
@@ -131,7 +137,11 @@ fn bad_ipv4_headers_are_counted_like_linux() {
         }),
     );
     let send = |s: &mut Stack, ip: Vec<u8>| {
-        s.netif_receive_skb(Instant::ZERO, eth(US_MAC, ethertype::IPV4, &ip))
+        s.netif_receive_skb(
+            Instant::ZERO,
+            DeviceId::ETH0,
+            eth(US_MAC, ethertype::IPV4, &ip),
+        )
     };
 
     send(&mut s, good[..10].to_vec()); // truncated header
@@ -179,6 +189,7 @@ fn icmp_bad_checksum_and_unknown_protocol() {
     req[2] ^= 0x55;
     s.netif_receive_skb(
         Instant::ZERO,
+        DeviceId::ETH0,
         eth(
             US_MAC,
             ethertype::IPV4,
@@ -188,7 +199,11 @@ fn icmp_bad_checksum_and_unknown_protocol() {
     assert!(drain(&mut s, Instant::ZERO).is_empty());
 
     let unknown = ipv4(PEER, US, 253, b"experimental payload");
-    s.netif_receive_skb(Instant::ZERO, eth(US_MAC, ethertype::IPV4, &unknown));
+    s.netif_receive_skb(
+        Instant::ZERO,
+        DeviceId::ETH0,
+        eth(US_MAC, ethertype::IPV4, &unknown),
+    );
     let out = drain(&mut s, Instant::ZERO);
     assert_eq!(out.len(), 1);
     let (_, ip, bytes) = parse_icmp(&out[0]);
@@ -213,12 +228,16 @@ fn icmp_bad_checksum_and_unknown_protocol() {
 #[test]
 fn frames_not_for_us_are_filtered() {
     let mut s = stack();
-    s.netif_receive_skb(Instant::ZERO, Skb::from_vec(vec![1, 2, 3]));
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, Skb::from_vec(vec![1, 2, 3]));
     let other_mac = MacAddr([2, 9, 9, 9, 9, 9]);
     let mut f = echo_request(1, b"x");
     f.data_mut()[..6].copy_from_slice(&other_mac.0);
-    s.netif_receive_skb(Instant::ZERO, f);
-    s.netif_receive_skb(Instant::ZERO, eth(US_MAC, 0x88b5, b"local experimental"));
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, f);
+    s.netif_receive_skb(
+        Instant::ZERO,
+        DeviceId::ETH0,
+        eth(US_MAC, 0x88b5, b"local experimental"),
+    );
     // Tagged for VLAN 5, which we do not have.
     let repr = EthernetRepr {
         dst: US_MAC,
@@ -232,7 +251,7 @@ fn frames_not_for_us_are_filtered() {
     };
     let mut buf = vec![0u8; repr.header_len() + 28];
     repr.emit(&mut buf);
-    s.netif_receive_skb(Instant::ZERO, Skb::from_vec(buf));
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, Skb::from_vec(buf));
     // Not for our IP, forwarding off: InAddrErrors, no ICMP.
     let req = icmp(&Icmpv4Repr::EchoRequest {
         ident: 1,
@@ -240,7 +259,11 @@ fn frames_not_for_us_are_filtered() {
         data: b"",
     });
     let elsewhere = ipv4(PEER, Ipv4Addr::new(203, 0, 113, 9), protocol::ICMP, &req);
-    s.netif_receive_skb(Instant::ZERO, eth(US_MAC, ethertype::IPV4, &elsewhere));
+    s.netif_receive_skb(
+        Instant::ZERO,
+        DeviceId::ETH0,
+        eth(US_MAC, ethertype::IPV4, &elsewhere),
+    );
 
     let snmp = s.snmp();
     assert_eq!(snmp.dev.rx_packets, 5);
@@ -279,6 +302,7 @@ fn ping_socket_round_trip() {
     });
     s.netif_receive_skb(
         Instant::from_millis(2),
+        DeviceId::ETH0,
         eth(
             US_MAC,
             ethertype::IPV4,
@@ -300,6 +324,7 @@ fn ping_socket_round_trip() {
     });
     s.netif_receive_skb(
         Instant::from_millis(3),
+        DeviceId::ETH0,
         eth(
             US_MAC,
             ethertype::IPV4,
@@ -382,7 +407,7 @@ fn netfilter_local_in_drop_is_counted_and_silences_the_reply() {
             }
         }),
     );
-    s.netif_receive_skb(Instant::ZERO, echo_request(1, b"x"));
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, echo_request(1, b"x"));
     assert!(drain(&mut s, Instant::ZERO).is_empty());
     assert_eq!(s.snmp().nf.local_in, 1);
     assert_eq!(s.snmp().icmp.in_echos, 0);
@@ -393,11 +418,11 @@ fn tx_ring_stops_and_wakes() {
     let mut s = stack();
     learn_peer(&mut s);
     for i in 0..300 {
-        s.netif_receive_skb(Instant::ZERO, echo_request(i, b"x"));
+        s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, echo_request(i, b"x"));
     }
     let snmp = s.snmp();
     assert_eq!(snmp.dev.tx_queue_stopped, 1, "256-slot ring filled once");
-    assert!(s.device().queue_stopped());
+    assert!(s.device(DeviceId::ETH0).queue_stopped());
     assert_eq!(s.tx_pending(), 300, "the rest waits in the qdisc");
     let out = drain(&mut s, Instant::ZERO);
     assert_eq!(out.len(), 300);
@@ -414,15 +439,15 @@ fn tx_ring_stops_and_wakes() {
         (0..300).collect::<Vec<_>>(),
         "order kept through stop/wake"
     );
-    assert!(!s.device().queue_stopped());
+    assert!(!s.device(DeviceId::ETH0).queue_stopped());
 }
 
 #[test]
 fn packet_tap_sees_both_directions() {
     let mut s = stack();
     learn_peer(&mut s);
-    let tap = s.packet_tap_open(8);
-    s.netif_receive_skb(Instant::ZERO, echo_request(1, b"x"));
+    let tap = s.packet_tap_open(DeviceId::ETH0, 8).unwrap();
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, echo_request(1, b"x"));
     let out = drain(&mut s, Instant::ZERO);
     let captured: Vec<Skb> = std::iter::from_fn(|| s.packet_tap_recv(tap)).collect();
     assert_eq!(captured.len(), 2, "echo in, echo reply out");

@@ -1,6 +1,7 @@
 //! The impairment layer (our netem) frame by frame, and two stacks talking through it in
 //! virtual time with `sim::Pair`.
 
+use stack_core::DeviceId;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use stack_core::impair::{ImpairConfig, ImpairParseError, ImpairStats, Impairment, DEFAULT_LIMIT};
@@ -422,7 +423,10 @@ fn ping_over_a_clean_link() {
     assert_eq!((a.icmp.out_echos, b.icmp.in_echos), (100, 100));
     assert_eq!(b.icmp.out_echo_reps, 100);
     let mac_b = StackConfig::default_mac(B_ADDR);
-    assert_eq!(p.a.neigh().lookup(B_ADDR).unwrap().1, Some(mac_b));
+    assert_eq!(
+        p.a.neigh().lookup(DeviceId::ETH0, B_ADDR).unwrap().1,
+        Some(mac_b)
+    );
     assert_eq!(p.link.a_to_b.stats().dropped, 0);
     // With nothing more to say, the neighbour entries age out and the pair goes idle.
     assert!(p.run_until_idle(Instant::from_secs(600)));
@@ -440,7 +444,10 @@ fn ping_over_a_lossy_link_resolves_arp_in_the_end() {
         "{} replies",
         replies.len()
     );
-    let (state, mac) = p.a.neigh().lookup(B_ADDR).expect("B is known");
+    let (state, mac) =
+        p.a.neigh()
+            .lookup(DeviceId::ETH0, B_ADDR)
+            .expect("B is known");
     assert!(state.is_valid(), "{state:?}");
     assert_eq!(mac, Some(StackConfig::default_mac(B_ADDR)));
     assert!(p.link.a_to_b.stats().dropped > 0 && p.link.b_to_a.stats().dropped > 0);

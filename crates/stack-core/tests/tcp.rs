@@ -2,6 +2,7 @@
 
 mod common;
 use common::pattern;
+use stack_core::DeviceId;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -47,17 +48,17 @@ impl Net {
     fn run(&mut self, until: Instant) {
         for _ in 0..10_000_000 {
             let mut moved = false;
-            while let Some(f) = self.a.poll_transmit(self.now) {
+            while let Some(f) = self.a.poll_transmit_dev(self.now, DeviceId::ETH0) {
                 self.frames.0 += 1;
                 if !(self.drop)(true, self.frames.0) && !(self.drop_a_frame)(&f) {
-                    self.b.netif_receive_skb(self.now, f);
+                    self.b.netif_receive_skb(self.now, DeviceId::ETH0, f);
                 }
                 moved = true;
             }
-            while let Some(f) = self.b.poll_transmit(self.now) {
+            while let Some(f) = self.b.poll_transmit_dev(self.now, DeviceId::ETH0) {
                 self.frames.1 += 1;
                 if !(self.drop)(false, self.frames.1) {
-                    self.a.netif_receive_skb(self.now, f);
+                    self.a.netif_receive_skb(self.now, DeviceId::ETH0, f);
                 }
                 moved = true;
             }
@@ -335,7 +336,7 @@ mod hostile {
     /// (seq, ack) of the last TCP segment B sent to A, read off the wire.
     fn last_b_segment(net: &mut Net) -> Option<TcpRepr> {
         let mut last = None;
-        while let Some(f) = net.b.poll_transmit(net.now) {
+        while let Some(f) = net.b.poll_transmit_dev(net.now, DeviceId::ETH0) {
             let e = EthernetFrame::new_checked(f.data()).ok()?;
             if EthernetRepr::parse(&e).ok()?.ethertype == ethertype::IPV4 {
                 let ip = Ipv4Packet::new_checked(e.payload()).ok()?;
@@ -344,7 +345,7 @@ mod hostile {
                     last = Some(TcpRepr::parse(&t).ok()?);
                 }
             }
-            net.a.netif_receive_skb(net.now, f);
+            net.a.netif_receive_skb(net.now, DeviceId::ETH0, f);
         }
         last
     }
@@ -357,13 +358,13 @@ mod hostile {
         let sa = net.b.tcp_local_addr(s).unwrap();
         // Learn B's rcv_nxt from its next ACK.
         net.a.tcp_send(net.now, c, b"hello").unwrap();
-        while let Some(f) = net.a.poll_transmit(net.now) {
-            net.b.netif_receive_skb(net.now, f);
+        while let Some(f) = net.a.poll_transmit_dev(net.now, DeviceId::ETH0) {
+            net.b.netif_receive_skb(net.now, DeviceId::ETH0, f);
         }
         net.run(net.now + Duration::from_millis(100));
         net.a.tcp_send(net.now, c, b"x").unwrap();
-        while let Some(f) = net.a.poll_transmit(net.now) {
-            net.b.netif_receive_skb(net.now, f);
+        while let Some(f) = net.a.poll_transmit_dev(net.now, DeviceId::ETH0) {
+            net.b.netif_receive_skb(net.now, DeviceId::ETH0, f);
         }
         net.b.handle_timeout(net.now + Duration::from_millis(50));
         let ack = last_b_segment(&mut net).expect("B acknowledged").ack;
@@ -377,8 +378,11 @@ mod hostile {
             flags: TcpFlags::RST,
             ..Default::default()
         };
-        net.b
-            .netif_receive_skb(net.now, segment(ca, sa, &rst(ack.wrapping_add(100)), b""));
+        net.b.netif_receive_skb(
+            net.now,
+            DeviceId::ETH0,
+            segment(ca, sa, &rst(ack.wrapping_add(100)), b""),
+        );
         assert_eq!(net.b.tcp_state(s), Some(TcpState::Established));
         let ch = last_b_segment(&mut net).expect("a challenge ACK");
         assert!(ch.flags.contains(TcpFlags::ACK) && !ch.flags.contains(TcpFlags::RST));
@@ -386,6 +390,7 @@ mod hostile {
         // Out of window: ignored silently.
         net.b.netif_receive_skb(
             net.now,
+            DeviceId::ETH0,
             segment(ca, sa, &rst(ack.wrapping_add(1 << 30)), b""),
         );
         assert_eq!(net.b.tcp_state(s), Some(TcpState::Established));
@@ -398,12 +403,13 @@ mod hostile {
             window: 1000,
             ..Default::default()
         };
-        net.b.netif_receive_skb(net.now, segment(ca, sa, &syn, b""));
+        net.b
+            .netif_receive_skb(net.now, DeviceId::ETH0, segment(ca, sa, &syn, b""));
         assert_eq!(net.b.tcp_state(s), Some(TcpState::Established));
         assert_eq!(net.b.snmp().tcp_ext.tcp_challenge_ack, challenge_before + 2);
         // Exactly at rcv_nxt: the connection is reset.
         net.b
-            .netif_receive_skb(net.now, segment(ca, sa, &rst(ack), b""));
+            .netif_receive_skb(net.now, DeviceId::ETH0, segment(ca, sa, &rst(ack), b""));
         assert_eq!(net.b.tcp_state(s), Some(TcpState::Closed));
         assert_eq!(net.b.snmp().tcp.estab_resets, 1);
     }
@@ -416,7 +422,7 @@ mod hostile {
             .tcp_bind(l, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))
             .unwrap();
         net.b.tcp_listen(l, 16).unwrap();
-        while net.b.poll_transmit(net.now).is_some() {} // the gratuitous ARP
+        while net.b.poll_transmit_dev(net.now, DeviceId::ETH0).is_some() {} // the gratuitous ARP
         let src = SocketAddrV4::new(A, 4000);
         let dst = SocketAddrV4::new(B, 80);
         let flags = [
@@ -434,9 +440,13 @@ mod hostile {
                 window: 100,
                 ..Default::default()
             };
-            net.b.netif_receive_skb(net.now, segment(src, dst, &r, b""));
+            net.b
+                .netif_receive_skb(net.now, DeviceId::ETH0, segment(src, dst, &r, b""));
         }
-        assert!(net.b.poll_transmit(net.now).is_none(), "no answer to scans");
+        assert!(
+            net.b.poll_transmit_dev(net.now, DeviceId::ETH0).is_none(),
+            "no answer to scans"
+        );
         assert_eq!(net.b.snmp().tcp.in_errs, 4);
         assert_eq!(net.b.socket_count(), 1, "no child created");
     }
@@ -465,8 +475,9 @@ mod hostile {
                 sack_permitted: true,
                 ..Default::default()
             };
-            net.b.netif_receive_skb(net.now, segment(src, dst, &r, b""));
-            while net.b.poll_transmit(net.now).is_some() {}
+            net.b
+                .netif_receive_skb(net.now, DeviceId::ETH0, segment(src, dst, &r, b""));
+            while net.b.poll_transmit_dev(net.now, DeviceId::ETH0).is_some() {}
         }
         let snmp = net.b.snmp();
         assert!(
@@ -499,7 +510,7 @@ mod hostile {
             ..Default::default()
         };
         net.b
-            .netif_receive_skb(net.now, segment(src, dst, &forged, b""));
+            .netif_receive_skb(net.now, DeviceId::ETH0, segment(src, dst, &forged, b""));
         assert!(net.b.snmp().tcp_ext.syncookies_failed >= 1);
     }
 }
@@ -589,7 +600,7 @@ fn a_frames_while_cut(
     use stack_core::wire::tcp::{TcpPacket, TcpRepr};
     let mut out = Vec::new();
     while net.now <= until {
-        while let Some(f) = net.a.poll_transmit(net.now) {
+        while let Some(f) = net.a.poll_transmit_dev(net.now, DeviceId::ETH0) {
             let e = EthernetFrame::new_checked(f.data()).unwrap();
             if let Ok(ip) = Ipv4Packet::new_checked(e.payload()) {
                 if let Ok(t) = TcpPacket::new_checked(ip.payload()) {
@@ -708,8 +719,8 @@ fn a_lone_segment_is_acked_after_the_40ms_delayed_ack() {
     net.a.tcp_set_nodelay(c, true).unwrap();
     net.a.tcp_send(net.now, c, b"one").unwrap();
     let t0 = net.now;
-    while let Some(f) = net.a.poll_transmit(net.now) {
-        net.b.netif_receive_skb(net.now, f);
+    while let Some(f) = net.a.poll_transmit_dev(net.now, DeviceId::ETH0) {
+        net.b.netif_receive_skb(net.now, DeviceId::ETH0, f);
     }
     let is_tcp = |f: &stack_core::Skb| {
         let e = EthernetFrame::new_checked(f.data()).unwrap();
@@ -718,14 +729,20 @@ fn a_lone_segment_is_acked_after_the_40ms_delayed_ack() {
             .is_some_and(|ip| TcpPacket::new_checked(ip.payload()).is_ok())
     };
     assert!(
-        net.b.poll_transmit(net.now).filter(is_tcp).is_none(),
+        net.b
+            .poll_transmit_dev(net.now, DeviceId::ETH0)
+            .filter(is_tcp)
+            .is_none(),
         "no immediate ACK"
     );
     let due = net.b.poll_timeout().expect("delayed-ACK timer armed");
     assert_eq!(due - t0, Duration::from_millis(40));
     net.now = due;
     net.b.handle_timeout(due);
-    let ack = net.b.poll_transmit(due).expect("the delayed ACK");
+    let ack = net
+        .b
+        .poll_transmit_dev(due, DeviceId::ETH0)
+        .expect("the delayed ACK");
     assert!(is_tcp(&ack));
 }
 
@@ -828,13 +845,13 @@ fn syn_and_syn_ack_announce_the_link_mss_and_segments_carry_1448_bytes() {
         .unwrap();
     let mut seen = Vec::new();
     for _ in 0..4 {
-        while let Some(f) = net.a.poll_transmit(net.now) {
+        while let Some(f) = net.a.poll_transmit_dev(net.now, DeviceId::ETH0) {
             seen.extend(segs(&f));
-            net.b.netif_receive_skb(net.now, f);
+            net.b.netif_receive_skb(net.now, DeviceId::ETH0, f);
         }
-        while let Some(f) = net.b.poll_transmit(net.now) {
+        while let Some(f) = net.b.poll_transmit_dev(net.now, DeviceId::ETH0) {
             seen.extend(segs(&f));
-            net.a.netif_receive_skb(net.now, f);
+            net.a.netif_receive_skb(net.now, DeviceId::ETH0, f);
         }
     }
     let syns: Vec<Option<u16>> = seen
@@ -850,9 +867,9 @@ fn syn_and_syn_ack_announce_the_link_mss_and_segments_carry_1448_bytes() {
     let (s, _) = net.b.tcp_accept(l).unwrap().unwrap();
     net.a.tcp_send(net.now, c, &pattern(10_000, 2)).unwrap();
     let mut sizes = Vec::new();
-    while let Some(f) = net.a.poll_transmit(net.now) {
+    while let Some(f) = net.a.poll_transmit_dev(net.now, DeviceId::ETH0) {
         sizes.extend(segs(&f).map(|(_, n)| n).filter(|&n| n > 0));
-        net.b.netif_receive_skb(net.now, f);
+        net.b.netif_receive_skb(net.now, DeviceId::ETH0, f);
     }
     assert_eq!(sizes[0], 1448, "1460 minus 12 bytes of timestamps");
     let _ = s;

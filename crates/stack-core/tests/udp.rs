@@ -1,5 +1,6 @@
 //! UDP sockets on a whole host: exact datagrams in and out, in virtual time.
 
+use stack_core::DeviceId;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 mod common;
@@ -71,7 +72,7 @@ fn delivers_to_the_bound_socket_and_counts_on_read() {
     let mut s = stack();
     let id = s.udp_socket();
     assert_eq!(s.udp_bind(id, any(7)).unwrap(), any(7));
-    s.netif_receive_skb(Instant::ZERO, udp_frame(5000, 7, b"hello"));
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, udp_frame(5000, 7, b"hello"));
     assert_eq!(s.poll_event(), Some(Event::Readable(id)));
     assert_eq!(s.snmp().udp.in_datagrams, 0, "Linux counts at recvmsg");
     let peeked = s.udp_recvmsg(id, true).unwrap().unwrap();
@@ -80,7 +81,7 @@ fn delivers_to_the_bound_socket_and_counts_on_read() {
     assert_eq!(recv(&mut s, id), None);
     assert_eq!(s.snmp().udp.in_datagrams, 1);
     // Empty datagrams are datagrams too.
-    s.netif_receive_skb(Instant::ZERO, udp_frame(5000, 7, b""));
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, udp_frame(5000, 7, b""));
     assert_eq!(recv(&mut s, id), Some((peer(5000), vec![])));
 }
 
@@ -90,7 +91,7 @@ fn closed_port_answers_port_unreachable() {
     learn_peer(&mut s);
     let frame = udp_frame(5000, 9999, b"anyone?");
     let sent_ip = frame.data()[14..].to_vec();
-    s.netif_receive_skb(Instant::ZERO, frame);
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, frame);
     let out = drain(&mut s, Instant::ZERO);
     assert_eq!(out.len(), 1);
     let (_, ip, bytes) = parse_icmp(&out[0]);
@@ -115,6 +116,7 @@ fn checksum_and_length_checks() {
     bad[6] ^= 0x01;
     s.netif_receive_skb(
         Instant::ZERO,
+        DeviceId::ETH0,
         eth(
             US_MAC,
             ethertype::IPV4,
@@ -128,6 +130,7 @@ fn checksum_and_length_checks() {
     zero[7] = 0;
     s.netif_receive_skb(
         Instant::ZERO,
+        DeviceId::ETH0,
         eth(
             US_MAC,
             ethertype::IPV4,
@@ -144,6 +147,7 @@ fn checksum_and_length_checks() {
     long[4..6].copy_from_slice(&100u16.to_be_bytes());
     s.netif_receive_skb(
         Instant::ZERO,
+        DeviceId::ETH0,
         eth(
             US_MAC,
             ethertype::IPV4,
@@ -161,6 +165,7 @@ fn checksum_and_length_checks() {
     short.extend_from_slice(b"TRAILER");
     s.netif_receive_skb(
         Instant::ZERO,
+        DeviceId::ETH0,
         eth(
             US_MAC,
             ethertype::IPV4,
@@ -170,6 +175,7 @@ fn checksum_and_length_checks() {
     assert_eq!(recv(&mut s, id).unwrap().1, b"da");
     s.netif_receive_skb(
         Instant::ZERO,
+        DeviceId::ETH0,
         eth(
             US_MAC,
             ethertype::IPV4,
@@ -228,8 +234,16 @@ fn connected_socket_beats_wildcard_and_gets_refused() {
     assert_eq!(s.udp_connect(conn, peer(5000)).unwrap(), us(4000));
     assert_eq!(s.udp_peer_addr(conn), Some(peer(5000)));
 
-    s.netif_receive_skb(Instant::ZERO, udp_frame(5000, 4000, b"to conn"));
-    s.netif_receive_skb(Instant::ZERO, udp_frame(5001, 4000, b"to wild"));
+    s.netif_receive_skb(
+        Instant::ZERO,
+        DeviceId::ETH0,
+        udp_frame(5000, 4000, b"to conn"),
+    );
+    s.netif_receive_skb(
+        Instant::ZERO,
+        DeviceId::ETH0,
+        udp_frame(5001, 4000, b"to wild"),
+    );
     assert_eq!(recv(&mut s, conn).unwrap().1, b"to conn");
     assert_eq!(recv(&mut s, wild).unwrap().1, b"to wild");
 
@@ -245,6 +259,7 @@ fn connected_socket_beats_wildcard_and_gets_refused() {
     });
     s.netif_receive_skb(
         Instant::ZERO,
+        DeviceId::ETH0,
         eth(
             US_MAC,
             ethertype::IPV4,
@@ -336,7 +351,7 @@ fn receive_buffer_is_bounded() {
     s.udp_bind(id, any(9)).unwrap();
     s.udp_set_rcvbuf(id, 2048).unwrap();
     for _ in 0..100 {
-        s.netif_receive_skb(Instant::ZERO, udp_frame(1, 9, b"flood"));
+        s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, udp_frame(1, 9, b"flood"));
     }
     // Each datagram is charged its whole buffer; these test frames own exactly their
     // 14 + 20 + 8 + 5 bytes, so 2048 bytes of rcvbuf hold 43 of them.
@@ -345,7 +360,7 @@ fn receive_buffer_is_bounded() {
     assert_eq!(s.snmp().udp.rcvbuf_errors, (100 - queued) as u64);
     assert_eq!(s.udp_drops(id), (100 - queued) as u64);
     while recv(&mut s, id).is_some() {}
-    s.netif_receive_skb(Instant::ZERO, udp_frame(1, 9, b"after"));
+    s.netif_receive_skb(Instant::ZERO, DeviceId::ETH0, udp_frame(1, 9, b"after"));
     assert_eq!(
         recv(&mut s, id).unwrap().1,
         b"after",
@@ -395,6 +410,7 @@ fn broadcast_needs_so_broadcast_and_reaches_every_wildcard_socket() {
     let u = udp_bytes(peer(68), SocketAddrV4::new(bcast, 67), b"discover");
     s.netif_receive_skb(
         Instant::ZERO,
+        DeviceId::ETH0,
         eth(
             MacAddr::BROADCAST,
             ethertype::IPV4,
@@ -470,7 +486,11 @@ fn fragments_in_any_order_are_reassembled() {
     let dup = frags[1].clone();
     frags.insert(2, dup);
     for f in &frags {
-        s.netif_receive_skb(Instant::ZERO, eth(US_MAC, ethertype::IPV4, f));
+        s.netif_receive_skb(
+            Instant::ZERO,
+            DeviceId::ETH0,
+            eth(US_MAC, ethertype::IPV4, f),
+        );
     }
     assert_eq!(recv(&mut s, id), Some((peer(5000), data)));
     let snmp = s.snmp();
@@ -491,10 +511,22 @@ fn overlapping_fragments_drop_the_datagram() {
     let mut evil = frags[1].clone();
     evil[6..8].copy_from_slice(&(0x2000u16 | 1).to_be_bytes());
     Ipv4Packet::new_unchecked(&mut evil[..]).fill_checksum();
-    s.netif_receive_skb(Instant::ZERO, eth(US_MAC, ethertype::IPV4, &frags[0]));
-    s.netif_receive_skb(Instant::ZERO, eth(US_MAC, ethertype::IPV4, &evil));
+    s.netif_receive_skb(
+        Instant::ZERO,
+        DeviceId::ETH0,
+        eth(US_MAC, ethertype::IPV4, &frags[0]),
+    );
+    s.netif_receive_skb(
+        Instant::ZERO,
+        DeviceId::ETH0,
+        eth(US_MAC, ethertype::IPV4, &evil),
+    );
     for f in &frags[1..] {
-        s.netif_receive_skb(Instant::ZERO, eth(US_MAC, ethertype::IPV4, f));
+        s.netif_receive_skb(
+            Instant::ZERO,
+            DeviceId::ETH0,
+            eth(US_MAC, ethertype::IPV4, f),
+        );
     }
     assert_eq!(recv(&mut s, id), None);
     let snmp = s.snmp();
@@ -507,7 +539,11 @@ fn reassembly_timeout_sends_time_exceeded() {
     let mut s = stack();
     learn_peer(&mut s);
     let frags = peer_fragments(3, 7, &[1; 3000], 1500);
-    s.netif_receive_skb(Instant::ZERO, eth(US_MAC, ethertype::IPV4, &frags[0]));
+    s.netif_receive_skb(
+        Instant::ZERO,
+        DeviceId::ETH0,
+        eth(US_MAC, ethertype::IPV4, &frags[0]),
+    );
     let due = s.poll_timeout().unwrap();
     assert_eq!(due, Instant::from_secs(30), "30 s reassembly timeout");
     s.handle_timeout(due);

@@ -6,7 +6,8 @@ use std::net::Ipv4Addr;
 
 use super::defrag::DefragOutcome;
 use super::route::RouteType;
-use super::Rtable;
+use super::{RpFilter, Rtable};
+use crate::dev::DeviceId;
 use crate::netfilter::{NfHook, Verdict};
 use crate::skb::{PktType, Skb};
 use crate::stack::{Stack, LOOPBACK_IFINDEX};
@@ -27,6 +28,8 @@ pub(crate) enum InputRoute {
     NetUnreachable,
     /// Martian source or destination: dropped silently.
     Martian,
+    /// The source failed the reverse-path filter: dropped silently.
+    RpFilter,
 }
 
 impl Stack {
@@ -117,11 +120,15 @@ impl Stack {
                 self.snmp.ip_ext.in_martians += 1;
                 tracing::trace!(%src, %dst, "drop: martian address");
             }
+            InputRoute::RpFilter => {
+                self.snmp.tcp_ext.ip_reverse_path_filter += 1;
+                tracing::trace!(%src, %dst, "drop: reverse path filter");
+            }
         }
     }
 
     /// `ip_route_input_noref` / `ip_route_input_slow`: what to do with a packet from `src`
-    /// to `dst`.
+    /// to `dst` that came in on device `ifindex`.
     pub(crate) fn ip_route_input(&self, src: Ipv4Addr, dst: Ipv4Addr, ifindex: u32) -> InputRoute {
         // Martian sources (RFC 1812 section 5.3.7): multicast, limited broadcast, or one
         // of our own addresses arriving from the wire (loopback is a separate path).
@@ -143,23 +150,47 @@ impl Stack {
         if dst.is_unspecified() || dst.octets()[0] == 127 {
             return InputRoute::Martian;
         }
+        let from_wire = ifindex != LOOPBACK_IFINDEX;
         // Our own address as source is only legitimate on loopback (fib_validate_source).
-        if ifindex != LOOPBACK_IFINDEX && self.fib.is_local(src) {
+        if from_wire && self.fib.is_local(src) {
             return InputRoute::Martian;
+        }
+        if from_wire && !src.is_unspecified() && !self.rp_filter_ok(src, DeviceId(ifindex)) {
+            return InputRoute::RpFilter;
         }
         match self.fib.fib_lookup(dst) {
             Some(e) if e.rtype == RouteType::Local => InputRoute::Local { broadcast: false },
             Some(e) if e.rtype == RouteType::Broadcast => InputRoute::Local { broadcast: true },
-            _ if !self.config.ip_forward => InputRoute::HostUnreachable,
+            _ if !self.conf.ip_forward => InputRoute::HostUnreachable,
             Some(e) if e.rtype == RouteType::Unicast => InputRoute::Forward(Rtable {
                 rtype: RouteType::Unicast,
+                dev: e.oif,
                 nexthop: e.gateway.unwrap_or(dst),
-                src: e.prefsrc,
-                mtu: self.dev.mtu,
+                src: e
+                    .prefsrc
+                    .unwrap_or_else(|| self.inet_select_addr(e.oif, dst)),
+                mtu: self.devs.get(e.oif).map_or(0, |d| d.mtu),
+                gateway: e.gateway.is_some(),
             }),
             Some(e) if e.rtype == RouteType::Blackhole => InputRoute::Martian,
             Some(_) => InputRoute::HostUnreachable,
             None => InputRoute::NetUnreachable,
+        }
+    }
+
+    /// `fib_validate_source` with `rp_filter` (RFC 3704): strict wants the route back
+    /// to `src` to leave by `in_dev`, loose wants some route back at all.
+    fn rp_filter_ok(&self, src: Ipv4Addr, in_dev: DeviceId) -> bool {
+        match self.conf.rp_filter {
+            RpFilter::Off => true,
+            RpFilter::Loose => self
+                .fib
+                .fib_lookup(src)
+                .is_some_and(|e| e.rtype == RouteType::Unicast),
+            RpFilter::Strict => self
+                .fib
+                .fib_lookup(src)
+                .is_some_and(|e| e.rtype == RouteType::Unicast && e.oif == in_dev),
         }
     }
 

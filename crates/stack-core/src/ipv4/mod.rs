@@ -2,6 +2,8 @@
 //! egress (`ip_queue_xmit` .. `ip_finish_output2`).
 
 pub mod defrag;
+pub mod devinet;
+pub mod fib_frontend;
 pub mod fragment;
 pub mod input;
 pub mod output;
@@ -10,21 +12,60 @@ pub mod route;
 use std::io;
 use std::net::Ipv4Addr;
 
+use crate::dev::DeviceId;
 use route::RouteType;
 
 /// Linux's default TTL (`net.ipv4.ip_default_ttl`).
 pub const DEFAULT_TTL: u8 = 64;
 
-/// The result of an output route lookup (`struct rtable`).
+/// Reverse-path filtering of a packet's source (`net.ipv4.conf.all.rp_filter`, RFC 3704).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RpFilter {
+    /// 0, the kernel's default: no source validation.
+    #[default]
+    Off,
+    /// 1: the route back to the source must leave by the device the packet came in on.
+    Strict,
+    /// 2: some route back to the source must exist.
+    Loose,
+}
+
+/// The `net.ipv4` sysctls the stack follows, with Linux's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv4Conf {
+    /// `net.ipv4.ip_forward`: off by default, as in Linux.
+    pub ip_forward: bool,
+    /// `net.ipv4.conf.all.rp_filter`.
+    pub rp_filter: RpFilter,
+    /// `net.ipv4.conf.all.send_redirects`: on by default, as in Linux.
+    pub send_redirects: bool,
+}
+
+impl Default for Ipv4Conf {
+    fn default() -> Self {
+        Ipv4Conf {
+            ip_forward: false,
+            rp_filter: RpFilter::Off,
+            send_redirects: true,
+        }
+    }
+}
+
+/// The result of a route lookup (`struct rtable`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rtable {
     pub rtype: RouteType,
+    /// The device the packet leaves by (`dst->dev`); for a local route, the device
+    /// holding the address (delivery goes through loopback).
+    pub dev: DeviceId,
     /// The address to resolve on the link: the gateway, or the destination itself.
     pub nexthop: Ipv4Addr,
     /// Source address for packets we originate on this route.
     pub src: Ipv4Addr,
     /// Path MTU (the device MTU until PMTU discovery lands).
     pub mtu: usize,
+    /// Whether the next hop is a gateway (`rt_uses_gateway`), not the destination.
+    pub gateway: bool,
 }
 
 /// Why a packet could not be sent; each maps to the errno Linux returns.

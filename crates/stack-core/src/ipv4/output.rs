@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use super::fragment;
 use super::route::RouteType;
 use super::{IpParams, Rtable, SendError};
+use crate::dev::DeviceId;
 use crate::netfilter::{NfHook, Verdict};
 use crate::skb::Skb;
 use crate::stack::{Stack, LOOPBACK_IFINDEX};
@@ -21,41 +22,58 @@ pub const IP_MAX_PACKET: usize = 65535;
 pub const LOOPBACK_BACKLOG: usize = 1000;
 
 impl Stack {
-    /// `ip_route_output_key`: the route for a packet we originate to `dst`.
+    /// `ip_route_output_key`: the route for a packet we originate to `dst`. The
+    /// device comes from the FIB entry, the source from its `src` or the device's
+    /// address for the next hop (`inet_select_addr`), the MTU from the device.
     pub(crate) fn ip_route_output(&mut self, dst: Ipv4Addr) -> Result<Rtable, SendError> {
-        let our = self.config.addr;
-        if dst.is_broadcast() {
+        if dst.is_broadcast() || dst.is_multicast() {
+            // Limited broadcast and multicast leave by the device the FIB would use
+            // for them (the default route's), else the first Ethernet device.
+            let dev = self
+                .fib
+                .fib_lookup(dst)
+                .map(|e| e.oif)
+                .or_else(|| self.devs.first_ethernet().map(|d| d.id));
+            let Some(dev) = dev else {
+                self.snmp.ip.out_no_routes += 1;
+                return Err(SendError::NetUnreachable);
+            };
             return Ok(Rtable {
-                rtype: RouteType::Broadcast,
+                rtype: if dst.is_broadcast() {
+                    RouteType::Broadcast
+                } else {
+                    RouteType::Unicast
+                },
+                dev,
                 nexthop: dst,
-                src: our,
-                mtu: self.dev.mtu,
-            });
-        }
-        if dst.is_multicast() {
-            return Ok(Rtable {
-                rtype: RouteType::Unicast,
-                nexthop: dst,
-                src: our,
-                mtu: self.dev.mtu,
+                src: self.inet_select_addr(dev, dst),
+                mtu: self.devs.get(dev).map_or(0, |d| d.mtu),
+                gateway: false,
             });
         }
         let Some(e) = self.fib.fib_lookup(dst).copied() else {
             self.snmp.ip.out_no_routes += 1;
             return Err(SendError::NetUnreachable);
         };
-        let mtu = if e.rtype == RouteType::Local {
-            IP_MAX_PACKET
-        } else {
-            self.dev.mtu
-        };
         match e.rtype {
-            RouteType::Unicast | RouteType::Local | RouteType::Broadcast => Ok(Rtable {
-                rtype: e.rtype,
-                nexthop: e.gateway.unwrap_or(dst),
-                src: e.prefsrc,
-                mtu,
-            }),
+            RouteType::Unicast | RouteType::Local | RouteType::Broadcast => {
+                let nexthop = e.gateway.unwrap_or(dst);
+                let mtu = if e.rtype == RouteType::Local {
+                    IP_MAX_PACKET
+                } else {
+                    self.devs.get(e.oif).map_or(0, |d| d.mtu)
+                };
+                Ok(Rtable {
+                    rtype: e.rtype,
+                    dev: e.oif,
+                    nexthop,
+                    src: e
+                        .prefsrc
+                        .unwrap_or_else(|| self.inet_select_addr(e.oif, nexthop)),
+                    mtu,
+                    gateway: e.gateway.is_some(),
+                })
+            }
             RouteType::Unreachable | RouteType::Blackhole => {
                 self.snmp.ip.out_no_routes += 1;
                 Err(SendError::HostUnreachable)
@@ -148,7 +166,8 @@ impl Stack {
             // A TSO super-packet (ip_finish_output_gso): the device cuts it, so what must
             // fit the MTU is each segment (skb_gso_validate_network_len). Looped back
             // to ourselves it is delivered whole, as GRO would.
-            if rt.rtype == RouteType::Local || (self.dev.offloads.tso && gso_fits(&skb, rt.mtu)) {
+            let tso = self.devs.get(rt.dev).is_some_and(|d| d.offloads.tso);
+            if rt.rtype == RouteType::Local || (tso && gso_fits(&skb, rt.mtu)) {
                 self.ip_finish_output2(skb, rt);
                 return Ok(());
             }
@@ -185,17 +204,17 @@ impl Stack {
             RouteType::Local => self.loopback_xmit(skb),
             RouteType::Broadcast => {
                 self.snmp.ip_ext.out_bcast_pkts += 1;
-                self.dev_hard_header_xmit(skb, MacAddr::BROADCAST, ethertype::IPV4)
+                self.dev_hard_header_xmit(rt.dev, skb, MacAddr::BROADCAST, ethertype::IPV4)
             }
             _ if rt.nexthop.is_multicast() => {
                 self.snmp.ip_ext.out_mcast_pkts += 1;
                 let mac = MacAddr::from_ipv4_multicast(rt.nexthop);
-                self.dev_hard_header_xmit(skb, mac, ethertype::IPV4)
+                self.dev_hard_header_xmit(rt.dev, skb, mac, ethertype::IPV4)
             }
             _ => {
                 let mut actions = Vec::new();
                 self.neigh
-                    .resolve_output(self.now, rt.nexthop, skb, &mut actions);
+                    .resolve_output(self.now, rt.dev, rt.nexthop, skb, &mut actions);
                 self.run_neigh_actions(actions);
             }
         }
@@ -205,10 +224,20 @@ impl Stack {
     /// through `ip_rcv` once the current entry point has finished.
     #[tracing::instrument(level = "trace", name = "loopback_xmit", skip_all)]
     fn loopback_xmit(&mut self, mut skb: Skb) {
+        let lo = self
+            .devs
+            .get_mut(DeviceId::LOOPBACK)
+            .expect("lo is always there");
         if self.backlog.len() >= LOOPBACK_BACKLOG {
+            lo.stats.tx_dropped += 1;
             self.snmp.ip.out_discards += 1;
             return;
         }
+        // What lo sends it receives (`ip -s link show lo` counts both).
+        lo.stats.tx_packets += 1;
+        lo.stats.tx_bytes += skb.len() as u64;
+        lo.stats.rx_packets += 1;
+        lo.stats.rx_bytes += skb.len() as u64;
         skb.ifindex = LOOPBACK_IFINDEX;
         self.backlog.push_back(skb);
     }

@@ -1,14 +1,17 @@
 //! The Forwarding Information Base: Linux's `local` and `main` tables
 //! (net/ipv4/fib_frontend.c, fib_trie.c), with longest-prefix match.
 //!
-//! The local table holds our own addresses (`RTN_LOCAL`) and the subnet broadcast
+//! The local table holds our own addresses (`RTN_LOCAL`) and the subnet broadcasts
 //! (`RTN_BROADCAST`) and is consulted first, as in `fib_lookup` with the default rules;
-//! the main table holds the connected subnet and the default route. Each table keeps one
-//! hash map per prefix length and looks up from /32 down to /0, so a lookup costs at most
-//! 33 probes and inserting never reorders anything.
+//! the main table holds the connected subnets, static routes and the default route. Each
+//! table keeps one hash map per prefix length and looks up from /32 down to /0, so a
+//! lookup costs at most 33 probes and inserting never reorders anything. Routes to the
+//! same prefix are kept in metric order (`fib_alias` priority): the lowest metric wins.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+
+use crate::dev::DeviceId;
 
 /// What a route does with a packet (`RTN_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +34,27 @@ pub enum Table {
     Main,
 }
 
+/// Who installed a route (`rtm_protocol`, the `proto` word of `ip route`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteProto {
+    /// Made by the stack for an address (`proto kernel`).
+    Kernel,
+    /// Given at start (`proto boot`, what `ip route add` without `proto` sets).
+    Boot,
+    /// Added at run time by an operator (`proto static`).
+    Static,
+}
+
+impl RouteProto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteProto::Kernel => "kernel",
+            RouteProto::Boot => "boot",
+            RouteProto::Static => "static",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FibEntry {
     pub prefix: Ipv4Addr,
@@ -38,10 +62,44 @@ pub struct FibEntry {
     pub rtype: RouteType,
     /// Next hop; `None` for a directly connected destination (scope link).
     pub gateway: Option<Ipv4Addr>,
-    /// Output interface.
-    pub oif: u32,
-    /// Preferred source address for packets we originate on this route.
-    pub prefsrc: Ipv4Addr,
+    /// Output device (`fib_nh_dev`).
+    pub oif: DeviceId,
+    /// Preferred source address for packets we originate on this route (`src` of `ip
+    /// route`); `None` picks the output device's address for the next hop.
+    pub prefsrc: Option<Ipv4Addr>,
+    /// Route priority (`metric` of `ip route`): lower wins among equal prefixes.
+    pub metric: u32,
+    pub proto: RouteProto,
+}
+
+impl FibEntry {
+    /// A unicast route in the main table (`ip route add PREFIX [via GW] dev OIF`).
+    pub fn unicast(
+        prefix: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Option<Ipv4Addr>,
+        oif: DeviceId,
+    ) -> FibEntry {
+        FibEntry {
+            prefix,
+            prefix_len,
+            rtype: RouteType::Unicast,
+            gateway,
+            oif,
+            prefsrc: None,
+            metric: 0,
+            proto: RouteProto::Boot,
+        }
+    }
+
+    /// Whether two entries are the same route for `ip route replace` / `del`: prefix,
+    /// metric and device.
+    fn same_key(&self, other: &FibEntry) -> bool {
+        self.prefix == other.prefix
+            && self.prefix_len == other.prefix_len
+            && self.metric == other.metric
+            && self.oif == other.oif
+    }
 }
 
 /// Errors of FIB updates.
@@ -64,7 +122,8 @@ pub fn prefix_mask(len: u8) -> u32 {
 /// One routing table.
 #[derive(Clone, Debug)]
 struct FibTable {
-    by_len: Vec<HashMap<u32, FibEntry>>,
+    /// Per prefix length: prefix -> its routes, lowest metric first.
+    by_len: Vec<HashMap<u32, Vec<FibEntry>>>,
 }
 
 impl Default for FibTable {
@@ -82,6 +141,7 @@ impl FibTable {
             .rev()
             .filter(|&len| !self.by_len[len as usize].is_empty())
             .find_map(|len| self.by_len[len as usize].get(&(d & prefix_mask(len))))
+            .and_then(|v| v.first())
     }
 }
 
@@ -105,17 +165,73 @@ impl Fib {
         if key & !prefix_mask(entry.prefix_len) != 0 {
             return Err(FibError::HostBitsSet);
         }
-        self.table_mut(table).by_len[entry.prefix_len as usize].insert(key, entry);
+        let routes = self.table_mut(table).by_len[entry.prefix_len as usize]
+            .entry(key)
+            .or_default();
+        match routes.iter_mut().find(|e| e.same_key(&entry)) {
+            Some(old) => *old = entry,
+            None => {
+                let at = routes.partition_point(|e| e.metric <= entry.metric);
+                routes.insert(at, entry);
+            }
+        }
         self.generation += 1;
         Ok(())
     }
 
-    pub fn remove(&mut self, table: Table, prefix: Ipv4Addr, prefix_len: u8) -> Option<FibEntry> {
+    /// Remove the first route to `prefix/prefix_len` that `matches` accepts
+    /// (`fib_table_delete`: `ip route del` names as much of the route as it wants).
+    pub fn remove_if(
+        &mut self,
+        table: Table,
+        prefix: Ipv4Addr,
+        prefix_len: u8,
+        matches: impl Fn(&FibEntry) -> bool,
+    ) -> Option<FibEntry> {
         if prefix_len > 32 {
             return None;
         }
+        let map = &mut self.table_mut(table).by_len[prefix_len as usize];
+        let key = u32::from(prefix);
+        let routes = map.get_mut(&key)?;
+        let at = routes.iter().position(matches)?;
+        let gone = routes.remove(at);
+        if routes.is_empty() {
+            map.remove(&key);
+        }
         self.generation += 1;
-        self.table_mut(table).by_len[prefix_len as usize].remove(&u32::from(prefix))
+        Some(gone)
+    }
+
+    /// Remove the (best) route to `prefix/prefix_len`.
+    pub fn remove(&mut self, table: Table, prefix: Ipv4Addr, prefix_len: u8) -> Option<FibEntry> {
+        self.remove_if(table, prefix, prefix_len, |_| true)
+    }
+
+    /// Remove every route `matches` accepts, in both tables (`fib_del_ifaddr`,
+    /// `fib_sync_down_dev`); returns how many went.
+    pub fn retain(&mut self, keep: impl Fn(&FibEntry) -> bool) -> usize {
+        let mut gone = 0;
+        for table in [&mut self.local, &mut self.main] {
+            for map in &mut table.by_len {
+                for routes in map.values_mut() {
+                    let before = routes.len();
+                    routes.retain(&keep);
+                    gone += before - routes.len();
+                }
+                map.retain(|_, v| !v.is_empty());
+            }
+        }
+        if gone > 0 {
+            self.generation += 1;
+        }
+        gone
+    }
+
+    /// Mark cached routes stale without changing a route (a device's MTU or address
+    /// set changed).
+    pub fn touch(&mut self) {
+        self.generation += 1;
     }
 
     /// Changes so far; a cached route is valid while this is unchanged.
@@ -156,8 +272,8 @@ impl Fib {
         let mut out = Vec::new();
         for (t, table) in [(Table::Local, &self.local), (Table::Main, &self.main)] {
             for len in (0..=32).rev() {
-                let mut v: Vec<_> = table.by_len[len].values().copied().collect();
-                v.sort_by_key(|e| u32::from(e.prefix));
+                let mut v: Vec<_> = table.by_len[len].values().flatten().copied().collect();
+                v.sort_by_key(|e| (u32::from(e.prefix), e.metric, e.oif));
                 out.extend(v.into_iter().map(|e| (t, e)));
             }
         }
@@ -171,14 +287,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn unicast(prefix: [u8; 4], len: u8, gw: Option<[u8; 4]>) -> FibEntry {
-        FibEntry {
-            prefix: Ipv4Addr::from(prefix),
-            prefix_len: len,
-            rtype: RouteType::Unicast,
-            gateway: gw.map(Ipv4Addr::from),
-            oif: 1,
-            prefsrc: Ipv4Addr::new(192, 0, 2, 2),
-        }
+        FibEntry::unicast(
+            Ipv4Addr::from(prefix),
+            len,
+            gw.map(Ipv4Addr::from),
+            DeviceId(2),
+        )
     }
 
     #[test]

@@ -564,7 +564,9 @@ impl Stack {
         if !f.contains(TcpFlags::SYN) {
             return;
         }
-        let mtu = self.dev.mtu;
+        let Some(mtu) = self.tcp_dst(id).map(|rt| rt.mtu) else {
+            return;
+        };
         let s = self.tcp_sock_mut(id).expect("exists");
         s.irs = seg.seq;
         s.rcv_nxt = seg.seq.wrapping_add(1);

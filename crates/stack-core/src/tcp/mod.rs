@@ -144,6 +144,8 @@ pub(crate) struct TcpSock {
     pub nodelay: bool,
     /// Whether the socket is in the established hash.
     pub hashed: bool,
+    /// `sk_dst_cache`: the route to `remote`, valid while the FIB generation matches.
+    pub dst_cache: Option<(crate::ipv4::Rtable, u64)>,
 
     // Listener.
     pub backlog: usize,
@@ -271,6 +273,7 @@ impl TcpSock {
             reuseaddr: false,
             nodelay: false,
             hashed: false,
+            dst_cache: None,
             backlog: 0,
             accept_q: VecDeque::new(),
             syn_q_len: 0,
@@ -549,6 +552,22 @@ impl Stack {
             Some(Sock::Tcp(s)) => Some(s),
             _ => None,
         }
+    }
+
+    /// `__sk_dst_check` + `ip_route_connect`: the socket's route to its peer, looked up
+    /// again only when the FIB changed since it was cached.
+    pub(crate) fn tcp_dst(&mut self, id: SocketId) -> Option<crate::ipv4::Rtable> {
+        let gen = self.fib.generation();
+        let s = self.tcp_sock(id)?;
+        if let Some((rt, g)) = s.dst_cache {
+            if g == gen {
+                return Some(rt);
+            }
+        }
+        let remote = *s.remote?.ip();
+        let rt = self.ip_route_output(remote).ok()?;
+        self.tcp_sock_mut(id)?.dst_cache = Some((rt, gen));
+        Some(rt)
     }
 
     pub(crate) fn tcp_init_table(&mut self) {

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::{seq_ge, seq_gt, seq_le, seq_lt, TcpState, TxSeg};
-use crate::ipv4::{IpParams, DEFAULT_TTL};
+use crate::ipv4::{IpParams, Rtable, DEFAULT_TTL};
 use crate::skb::IpSummed;
 use crate::stack::{SocketId, Stack};
 use crate::wire::ipv4::protocol;
@@ -118,7 +118,10 @@ impl Stack {
     /// 4.2.3.4) allow; arm the retransmission or persist timer.
     pub(crate) fn tcp_write_xmit(&mut self, id: SocketId) {
         let now = self.now;
-        let gso_max = self.dev.gso_max_payload();
+        let gso_max = self
+            .tcp_dst(id)
+            .and_then(|rt| self.devs.get(rt.dev))
+            .map_or(0, |d| d.gso_max_payload());
         let mut in_flight_now = None;
         let mut lost_scan = 0;
         loop {
@@ -274,7 +277,11 @@ impl Stack {
         let now = self.now;
         // The MSS we announce is what our link takes (RFC 9293 3.7.1: MTU minus the
         // fixed headers), not the effective segment size after options.
-        let adv_mss = self.dev.mtu.saturating_sub(40).min(65535) as u16;
+        let Some(rt) = self.tcp_dst(id) else {
+            return;
+        };
+        let link_mtu = self.devs.get(rt.dev).map_or(rt.mtu, |d| d.mtu);
+        let adv_mss = link_mtu.saturating_sub(40).min(65535) as u16;
         let Some(s) = self.tcp_sock_mut(id) else {
             return;
         };
@@ -339,12 +346,11 @@ impl Stack {
         } else {
             seg.payload.iter().map(|p| p.len()).sum()
         };
-        let mtu = self.dev.mtu;
-        while !repr.sack_blocks.is_empty() && 20 + repr.header_len() + per_seg > mtu {
+        while !repr.sack_blocks.is_empty() && 20 + repr.header_len() + per_seg > rt.mtu {
             let n = repr.sack_blocks_emitted();
             repr.sack_blocks.truncate(n.saturating_sub(1));
         }
-        self.tcp_output_gso(local, remote, &repr, seg.payload, seg.gso_size);
+        self.tcp_output_gso(&rt, local, remote, &repr, seg.payload, seg.gso_size);
     }
 
     /// Put a header in front of `payload` and send it from `local` to `remote`.
@@ -355,7 +361,10 @@ impl Stack {
         repr: &TcpRepr,
         payload: &[u8],
     ) {
-        self.tcp_output_gso(local, remote, repr, &[payload], 0);
+        let Ok(rt) = self.ip_route_output(*remote.ip()) else {
+            return;
+        };
+        self.tcp_output_gso(&rt, local, remote, repr, &[payload], 0);
     }
 
     /// Put a header in front of the `payload` pieces and send them from `local` to
@@ -364,6 +373,7 @@ impl Stack {
     /// `tcp_skb_pcount`). With checksum offload the checksum is left to the device.
     fn tcp_output_gso(
         &mut self,
+        rt: &Rtable,
         local: SocketAddrV4,
         remote: SocketAddrV4,
         repr: &TcpRepr,
@@ -384,7 +394,7 @@ impl Stack {
         } else {
             1
         };
-        if self.dev.offloads.csum {
+        if self.devs.get(rt.dev).is_some_and(|d| d.offloads.csum) {
             repr.emit_csum_partial(buf, len, *local.ip(), *remote.ip());
             skb.reset_transport_header();
             skb.ip_summed = IpSummed::Partial {
@@ -404,10 +414,6 @@ impl Stack {
         if repr.flags.contains(TcpFlags::RST) {
             self.snmp.tcp.out_rsts += 1;
         }
-        let rt = match self.ip_route_output(*remote.ip()) {
-            Ok(rt) => rt,
-            Err(_) => return,
-        };
         let params = IpParams {
             src: *local.ip(),
             dst: *remote.ip(),
@@ -416,7 +422,7 @@ impl Stack {
             ttl: DEFAULT_TTL,
             dont_frag: true,
         };
-        let _ = self.ip_queue_xmit(skb, &rt, params);
+        let _ = self.ip_queue_xmit(skb, rt, params);
     }
 
     /// The SACK blocks of an ACK (RFC 2018 section 4): a D-SACK block first if a

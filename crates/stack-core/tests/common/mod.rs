@@ -2,6 +2,7 @@
 //! that check every checksum of what the stack sends.
 #![allow(dead_code)]
 
+use stack_core::DeviceId;
 use std::net::Ipv4Addr;
 
 use stack_core::skb::Skb;
@@ -25,13 +26,15 @@ pub fn stack() -> Stack {
         42,
     );
     // The gratuitous ARP sent at start.
-    let garp = s.poll_transmit(Instant::ZERO).expect("gratuitous ARP");
+    let garp = s
+        .poll_transmit_dev(Instant::ZERO, DeviceId::ETH0)
+        .expect("gratuitous ARP");
     let arp = parse_arp(&garp);
     assert_eq!(
         (arp.op, arp.sender_ip, arp.target_ip, arp.sender_mac),
         (ArpOp::Request, US, US, US_MAC)
     );
-    assert!(s.poll_transmit(Instant::ZERO).is_none());
+    assert!(s.poll_transmit_dev(Instant::ZERO, DeviceId::ETH0).is_none());
     s
 }
 
@@ -124,7 +127,7 @@ pub fn parse_icmp(skb: &Skb) -> (EthernetRepr, Ipv4Repr, Vec<u8>) {
 }
 
 pub fn drain(s: &mut Stack, now: Instant) -> Vec<Skb> {
-    std::iter::from_fn(|| s.poll_transmit(now)).collect()
+    std::iter::from_fn(|| s.poll_transmit_dev(now, DeviceId::ETH0)).collect()
 }
 
 /// The peer asks for our address, as a real peer does before its first packet; we learn
@@ -132,6 +135,7 @@ pub fn drain(s: &mut Stack, now: Instant) -> Vec<Skb> {
 pub fn learn_peer(s: &mut Stack) {
     s.netif_receive_skb(
         Instant::ZERO,
+        DeviceId::ETH0,
         arp_frame(ArpOp::Request, MacAddr::BROADCAST, MacAddr::ZERO, US),
     );
     let out = drain(s, Instant::ZERO);
@@ -140,7 +144,11 @@ pub fn learn_peer(s: &mut Stack) {
 
 /// Resolve PEER by answering the stack's ARP request.
 pub fn answer_arp(s: &mut Stack, now: Instant) {
-    s.netif_receive_skb(now, arp_frame(ArpOp::Reply, US_MAC, US_MAC, US));
+    s.netif_receive_skb(
+        now,
+        DeviceId::ETH0,
+        arp_frame(ArpOp::Reply, US_MAC, US_MAC, US),
+    );
 }
 
 /// Deterministic pseudo-random bytes (xorshift32), so a transfer's content is checked,
