@@ -26,6 +26,50 @@ pub enum Command {
     Host(HostArgs),
     /// Send ICMP echo requests from ustack, like ping(8).
     Ping(PingArgs),
+    /// Attach to several TAP devices and forward IPv4 between them as a Linux router
+    /// does (net.ipv4.ip_forward=1), answering ARP and ping on each address, until
+    /// SIGINT/SIGTERM.
+    Router(RouterArgs),
+}
+
+/// One `--iface NAME=ADDR/PREFIX[,mtu=N][,mac=MAC]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfaceArg {
+    pub tap: String,
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mtu: Option<usize>,
+    pub mac: Option<MacAddr>,
+}
+
+/// One `--route PREFIX=GATEWAY`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteArg {
+    pub prefix: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+}
+
+#[derive(Args, Debug)]
+pub struct RouterArgs {
+    /// An interface: an existing TAP device in the current network namespace and the
+    /// router's address on it, e.g. tap0=192.0.2.1/24,mtu=1500,mac=02:00:00:00:00:01.
+    /// Give it once per interface.
+    #[arg(long = "iface", value_name = "NAME=ADDR/PREFIX[,mtu=N][,mac=MAC]", value_parser = parse_iface, required = true)]
+    pub ifaces: Vec<IfaceArg>,
+    /// A static route, e.g. 203.0.113.0/24=198.51.100.2 or default=192.0.2.254; the
+    /// gateway must be on one of the interfaces' subnets.
+    #[arg(long = "route", value_name = "PREFIX=GATEWAY", value_parser = parse_route)]
+    pub routes: Vec<RouteArg>,
+    /// Seed for the stack's randomness (default: from the OS).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Impair every interface both ways, like netem, e.g. loss=1%,delay=1ms,seed=7.
+    #[arg(long, value_parser = parse_impair)]
+    pub impair: Option<ImpairConfig>,
+    /// Do not ask the TAPs for checksum and TCP segmentation offload.
+    #[arg(long)]
+    pub no_offload: bool,
 }
 
 /// How ustack joins the link: which TAP, which address.
@@ -127,6 +171,95 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((addr, len))
 }
 
+/// `tap0=192.0.2.1/24[,mtu=N][,mac=MAC]`.
+pub fn parse_iface(s: &str) -> Result<IfaceArg, String> {
+    let (tap, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("\"{s}\" is not NAME=ADDRESS/PREFIX, e.g. tap0=192.0.2.1/24"))?;
+    if tap.is_empty() || tap.len() > 15 || tap.contains(['/', ' ', ',']) {
+        return Err(format!(
+            "\"{tap}\" is not an interface name (1 to 15 characters, no '/', ' ' or ',')"
+        ));
+    }
+    let mut parts = rest.split(',');
+    let (addr, prefix_len) = parse_cidr(parts.next().unwrap_or_default())?;
+    let mut iface = IfaceArg {
+        tap: tap.to_owned(),
+        addr,
+        prefix_len,
+        mtu: None,
+        mac: None,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("mtu", v)) => {
+                let mtu: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|m| (68..=65535).contains(m))
+                    .ok_or_else(|| format!("mtu \"{v}\" is not a number from 68 to 65535"))?;
+                iface.mtu = Some(mtu);
+            }
+            Some(("mac", v)) => iface.mac = Some(parse_mac(v)?),
+            _ => {
+                return Err(format!(
+                    "\"{opt}\" in --iface {s}: the options are mtu=N and mac=MAC"
+                ))
+            }
+        }
+    }
+    Ok(iface)
+}
+
+/// `203.0.113.0/24=198.51.100.2` or `default=GATEWAY`.
+pub fn parse_route(s: &str) -> Result<RouteArg, String> {
+    let (prefix, gw) = s.split_once('=').ok_or_else(|| {
+        format!("\"{s}\" is not PREFIX=GATEWAY, e.g. 203.0.113.0/24=198.51.100.2")
+    })?;
+    let gateway: Ipv4Addr = gw
+        .parse()
+        .map_err(|_| format!("gateway \"{gw}\" is not an IPv4 address"))?;
+    let (prefix, prefix_len) = parse_prefix(prefix)?;
+    Ok(RouteArg {
+        prefix,
+        prefix_len,
+        gateway,
+    })
+}
+
+/// A route's destination: `default`, `A.B.C.D/N` (host bits clear) or `A.B.C.D` (/32).
+pub fn parse_prefix(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    if s == "default" {
+        return Ok((Ipv4Addr::UNSPECIFIED, 0));
+    }
+    let (a, len) = match s.split_once('/') {
+        Some((a, p)) => {
+            let len: u8 = p
+                .parse()
+                .ok()
+                .filter(|l| *l <= 32)
+                .ok_or_else(|| format!("prefix length \"{p}\" is not a number from 0 to 32"))?;
+            (a, len)
+        }
+        None => (s, 32),
+    };
+    let addr: Ipv4Addr = a
+        .parse()
+        .map_err(|_| format!("\"{a}\" is not an IPv4 address"))?;
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!(
+            "{s}: invalid prefix for the given prefix length (did you mean {}/{len}?)",
+            Ipv4Addr::from(u32::from(addr) & mask)
+        ));
+    }
+    Ok((addr, len))
+}
+
 pub fn parse_impair(s: &str) -> Result<ImpairConfig, String> {
     s.parse::<ImpairConfig>().map_err(|e| e.to_string())
 }
@@ -169,7 +302,7 @@ impl LinkArgs {
 }
 
 /// A seed from the OS (the stack itself never reads randomness).
-fn os_seed() -> u64 {
+pub fn os_seed() -> u64 {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     let mut h = RandomState::new().build_hasher();
@@ -183,11 +316,27 @@ fn os_seed() -> u64 {
     h.finish()
 }
 
-/// The counters block `host` and `ping --stats` print.
+/// The counters block `host`, `router` and `ping --stats` print: the MIB, then each
+/// TAP's device-loop counters (named after the TAP when there are several).
 pub async fn counters(handle: &StackHandle) -> std::io::Result<String> {
     let snmp = handle.call(|stack, _now| stack.snmp().render()).await?;
-    let io = handle.io_stats();
-    let mut text = format!("--- ustack counters ---\n{snmp}{io}");
+    let mut text = format!("--- ustack counters ---\n{snmp}");
+    let all = handle.io_stats_all();
+    let several = all.len() > 1;
+    for (_, name, io) in all {
+        let io = io.to_string();
+        if several {
+            // "Io: ..." lines become "Io tap0: ...", one block per device.
+            for line in io.lines() {
+                match line.split_once(':') {
+                    Some((section, rest)) => text.push_str(&format!("{section} {name}:{rest}\n")),
+                    None => text.push_str(&format!("{line}\n")),
+                }
+            }
+        } else {
+            text.push_str(&io);
+        }
+    }
     if !text.ends_with('\n') {
         text.push('\n');
     }
@@ -224,6 +373,54 @@ mod tests {
         );
         assert!(parse_impair("loss=5").is_err(), "units are required");
         assert!(parse_impair("lost=5%").is_err());
+    }
+
+    #[test]
+    fn iface_and_route_parsing_explain_mistakes() {
+        assert_eq!(
+            parse_iface("tap0=192.0.2.1/24,mtu=1400,mac=02:00:00:00:00:01"),
+            Ok(IfaceArg {
+                tap: "tap0".into(),
+                addr: Ipv4Addr::new(192, 0, 2, 1),
+                prefix_len: 24,
+                mtu: Some(1400),
+                mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
+            })
+        );
+        assert_eq!(parse_iface("t=192.0.2.1/24").unwrap().mtu, None);
+        assert!(parse_iface("192.0.2.1/24").unwrap_err().contains("NAME="));
+        assert!(parse_iface("tap0=192.0.2.1")
+            .unwrap_err()
+            .contains("ADDRESS/PREFIX"));
+        assert!(parse_iface("tap0=192.0.2.1/24,mtu=40")
+            .unwrap_err()
+            .contains("68"));
+        assert!(parse_iface("tap0=192.0.2.1/24,speed=1")
+            .unwrap_err()
+            .contains("mtu=N"));
+        assert!(parse_iface("a-very-long-name0=192.0.2.1/24").is_err());
+        assert_eq!(
+            parse_route("203.0.113.0/24=198.51.100.2"),
+            Ok(RouteArg {
+                prefix: Ipv4Addr::new(203, 0, 113, 0),
+                prefix_len: 24,
+                gateway: Ipv4Addr::new(198, 51, 100, 2),
+            })
+        );
+        assert_eq!(parse_route("default=192.0.2.254").unwrap().prefix_len, 0);
+        assert_eq!(
+            parse_route("203.0.113.7=192.0.2.254").unwrap().prefix_len,
+            32
+        );
+        assert!(parse_route("203.0.113.1/24=192.0.2.254")
+            .unwrap_err()
+            .contains("203.0.113.0/24"));
+        assert!(parse_route("203.0.113.0/24")
+            .unwrap_err()
+            .contains("PREFIX=GATEWAY"));
+        assert!(parse_route("203.0.113.0/24=x")
+            .unwrap_err()
+            .contains("gateway"));
     }
 
     #[test]

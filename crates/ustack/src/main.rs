@@ -3,11 +3,12 @@
 //! `ustack host` answers ARP and ping, runs UDP echo and discard, TCP echo, discard and
 //! chargen (see `services`) and HTTP on port 80 (see `http`) until SIGINT/SIGTERM and
 //! prints its counters on the way out; `ustack ping` sends echo requests from our stack
-//! like ping(8).
+//! like ping(8); `ustack router` forwards between several TAPs (see `router`).
 
 mod cli;
 mod http;
 mod ping;
+mod router;
 mod services;
 
 use std::process::ExitCode;
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Host(args) => rt.block_on(host(args)),
         Command::Ping(args) => rt.block_on(ping::run(args)),
+        Command::Router(args) => rt.block_on(router::run(args)),
     }
 }
 
@@ -122,7 +124,7 @@ async fn host(args: HostArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+pub(crate) async fn wait_for_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
