@@ -11,6 +11,7 @@ mod child;
 mod netns;
 mod packet;
 mod ping;
+mod routed;
 mod rss;
 mod seeded;
 mod snmp;
@@ -25,6 +26,7 @@ pub use netns::{
 };
 pub use packet::PacketSocket;
 pub use ping::{parse_ping_summary, parse_ping_times, percentile, PingSummary, Rtt};
+pub use routed::{Routed, RouterKind, Side};
 pub use rss::{vm_rss_kib, RssWatch};
 pub use seeded::{echo_seeded, test_seed, EchoRun, SplitMix};
 pub use snmp::{counters_block, parse_snmp, Counters, COUNTERS_HEADER};
