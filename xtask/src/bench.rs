@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use testbed::{counters_block, parse_ping_summary, parse_ping_times, percentile, Child, Netns};
 
 use crate::deps::ensure_packages;
+use crate::router_bench;
 use crate::tcp_bench::{self, KernelServers, TcpProbe};
 use crate::udp_echo::{self, EchoServer, ECHO_PORT};
 use crate::util::{self, check_interrupt, step, Result};
@@ -100,6 +101,11 @@ const ROWS: &[&str] = &[
     tcp_bench::RR_P50_ROW,
     tcp_bench::RR_P99_ROW,
     tcp_bench::CPS_ROW,
+    router_bench::TCP1_ROW,
+    router_bench::TCP4_ROW,
+    router_bench::UDP_ROW,
+    router_bench::LAT_P50_ROW,
+    router_bench::LAT_P99_ROW,
 ];
 
 /// The TAP name smoltcp-peer attaches to, as ustack's.
@@ -139,36 +145,68 @@ impl Column {
     }
 }
 
-pub fn run() -> Result {
+/// `only`: `Some("host")` or `Some("router")` measures just those rows.
+pub fn run(only: Option<&str>) -> Result {
     util::require_root()?;
     ensure_packages(&["iproute2", "iputils-ping"])?;
     step("building ustack (release)");
     let bin = util::build_ustack(true)?;
-    step("building smoltcp-peer (release)");
-    let peer = build_smoltcp_peer()?;
+    let hosts = only != Some("router");
+    let routers = only != Some("host");
     let start = Instant::now();
-    println!(
-        "xtask: TCP bulk rows: median of {} transfers of {} MB each",
-        tcp_bench::BULK_RUNS,
-        tcp_bench::BULK_BYTES / 1_000_000
-    );
-
-    step("target 1/3: ustack on TAP ustack0");
-    let ustack = measure_ustack(&bin);
-    check_interrupt()?;
-    step("target 2/3: Linux kernel on a veth pair");
-    let kernel = measure_kernel();
-    check_interrupt()?;
-    step("target 3/3: smoltcp on TAP ustack0 (TCP only)");
-    let smoltcp = measure_smoltcp(&peer);
-    check_interrupt()?;
+    let (mut ustack, mut kernel, mut smoltcp) =
+        (Column::default(), Column::default(), Column::default());
+    if hosts {
+        step("building smoltcp-peer (release)");
+        let peer = build_smoltcp_peer()?;
+        println!(
+            "xtask: TCP bulk rows: median of {} transfers of {} MB each",
+            tcp_bench::BULK_RUNS,
+            tcp_bench::BULK_BYTES / 1_000_000
+        );
+        step("target 1/3: ustack on TAP ustack0");
+        ustack = measure_ustack(&bin);
+        check_interrupt()?;
+        step("target 2/3: Linux kernel on a veth pair");
+        kernel = measure_kernel();
+        check_interrupt()?;
+        step("target 3/3: smoltcp on TAP ustack0 (TCP only)");
+        smoltcp = measure_smoltcp(&peer);
+        check_interrupt()?;
+    }
+    if routers {
+        step("router rows: ustack router, then a Linux router, between kernel hosts A and B");
+        std::env::set_var("USTACK_BIN", &bin);
+    }
+    for (kind, col) in [
+        (testbed::RouterKind::Ustack, &mut ustack),
+        (testbed::RouterKind::Linux, &mut kernel),
+    ]
+    .into_iter()
+    .filter(|_| routers)
+    {
+        match router_bench::measure(kind) {
+            Ok(m) => {
+                col.samples.extend(m.samples);
+                col.notes
+                    .extend(m.notes.into_iter().map(|n| format!("{kind}: {n}")));
+            }
+            Err(e) => col.errors.push(format!("{kind}: {e}")),
+        }
+        check_interrupt()?;
+    }
 
     step(&format!(
         "results ({:.0} s of measurement)",
         start.elapsed().as_secs_f64()
     ));
     print_table(&ustack, &kernel, &smoltcp);
+    println!(
+        "router rows: the ustack column is ustack router, the kernel column a Linux router \
+         (ip_forward=1, veths) on the same topology"
+    );
     print_target(&ustack, &smoltcp);
+    print_router_target(&ustack, &kernel);
     let mut failed = false;
     for (name, col) in [
         ("ustack", &ustack),
@@ -436,7 +474,7 @@ fn run_tcp_probe(probe: &TcpProbe, client: &Netns, server_pid: Option<u32>, col:
 }
 
 /// User plus system CPU time of a process, all its threads, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // pid (comm) state ppid ...: comm may hold spaces, so count fields after the last ')'.
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the comm.
@@ -673,7 +711,7 @@ fn print_table(ustack: &Column, kernel: &Column, smoltcp: &Column) {
     );
     for row in ROWS {
         let (u, k) = (ustack.get(row), kernel.get(row));
-        // smoltcp is only measured on the TCP rows; elsewhere there is nothing to show.
+        // smoltcp is only measured on the host TCP rows; elsewhere there is nothing to show.
         let (s, us) = if tcp_bench::ROWS.contains(row) {
             let s = smoltcp.get(row);
             (fmt(s), ratio(u, s))
@@ -701,6 +739,29 @@ fn print_target(ustack: &Column, smoltcp: &Column) {
                 let r = u / s;
                 let verdict = if r >= TARGET { "met" } else { "NOT met" };
                 format!("ustack/smoltcp = {r:.2}, target >= {TARGET}: {verdict}")
+            }
+            _ => "not measured on both".to_string(),
+        };
+        println!("target: {row}: {line}");
+    }
+}
+
+/// The router issue's target: ustack router at least 0.5x the Linux router on every
+/// throughput row.
+fn print_router_target(ustack: &Column, linux: &Column) {
+    for row in router_bench::THROUGHPUT_ROWS {
+        let line = match (ustack.get(row), linux.get(row)) {
+            (Some(u), Some(l)) if l > 0.0 => {
+                let r = u / l;
+                let verdict = if r >= router_bench::TARGET {
+                    "met"
+                } else {
+                    "NOT met"
+                };
+                format!(
+                    "ustack router/Linux router = {r:.2}, target >= {}: {verdict}",
+                    router_bench::TARGET
+                )
             }
             _ => "not measured on both".to_string(),
         };

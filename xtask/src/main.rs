@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod deps;
+mod router_bench;
 mod suite;
 mod tcp_bench;
 mod udp_echo;
@@ -30,8 +31,14 @@ enum Cmd {
     /// Build, run the unit tests, then the netns suite against the kernel (needs root).
     Test,
     /// Compare ustack with the kernel on a veth pair (and smoltcp on a TAP for TCP): ICMP,
-    /// UDP echo and TCP bulk, request/response and connection rates, as ratios.
-    Bench,
+    /// UDP echo and TCP bulk, request/response and connection rates, as ratios; and
+    /// ustack router with a Linux router between two kernel hosts.
+    Bench {
+        /// Measure only these rows: `host` (ustack host against the kernel and smoltcp)
+        /// or `router` (ustack router against a Linux router).
+        #[arg(long, value_parser = ["host", "router"])]
+        only: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,7 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Demo => demo::run(),
         Cmd::Test => suite::run(),
-        Cmd::Bench => bench::run(),
+        Cmd::Bench { only } => bench::run(only.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
