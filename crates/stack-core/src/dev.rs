@@ -12,9 +12,10 @@
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
+use crate::gso;
 use crate::ipv4::route::prefix_mask;
 use crate::qdisc::PfifoFast;
-use crate::skb::{PktType, Skb};
+use crate::skb::{IpSummed, PktType, Skb};
 use crate::snmp::DevStats;
 use crate::stack::{Offloads, Stack};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame, EthernetRepr};
@@ -455,10 +456,43 @@ impl Stack {
     }
 
     /// Queue a complete frame (`data` at the Ethernet header) on `dev`'s qdisc and run
-    /// it.
+    /// it. What the device cannot do is done first in software (`validate_xmit_skb`):
+    /// a GSO super-packet for a device without TSO is cut into its segments, a partial
+    /// checksum for a device without checksum offload is completed.
     #[tracing::instrument(level = "trace", name = "dev_queue_xmit", skip_all, fields(dev = dev.0, len = skb.len()))]
-    pub(crate) fn dev_queue_xmit(&mut self, dev: DeviceId, mut skb: Skb) {
+    pub(crate) fn dev_queue_xmit(&mut self, dev: DeviceId, skb: Skb) {
         debug_assert!(skb.len() >= ethernet::HEADER_LEN);
+        let Some(d) = self.devs.get_mut(dev) else {
+            return;
+        };
+        let partial = matches!(skb.ip_summed, IpSummed::Partial { .. });
+        if (skb.gso_size > 0 && !d.offloads.tso) || (partial && !d.offloads.csum) {
+            // `netif_needs_gso` -> `skb_gso_segment`, or `skb_checksum_help`. Linux does
+            // this as the qdisc hands the packet to the driver; here it happens before
+            // the qdisc, so the qdisc and the taps see the segments (the taps see them
+            // in Linux too, `dev_queue_xmit_nit` runs after `validate_xmit_skb`).
+            let owner = skb.owner_w().cloned();
+            let mut segs = Vec::new();
+            if let Err(e) = gso::skb_gso_segment(skb, &self.pool, &mut segs) {
+                d.stats.tx_dropped += 1;
+                tracing::trace!(?e, "drop: validate_xmit_skb failed");
+                return;
+            }
+            for mut seg in segs {
+                if let Some(owner) = &owner {
+                    if seg.owner_w().is_none() {
+                        seg.set_owner_w(owner);
+                    }
+                }
+                self.dev_queue_xmit_one(dev, seg);
+            }
+            return;
+        }
+        self.dev_queue_xmit_one(dev, skb);
+    }
+
+    /// One wire-ready frame onto `dev`'s taps and qdisc (`__dev_xmit_skb`).
+    fn dev_queue_xmit_one(&mut self, dev: DeviceId, mut skb: Skb) {
         let Some(d) = self.devs.get_mut(dev) else {
             return;
         };
@@ -467,6 +501,9 @@ impl Stack {
         if !d.taps.is_empty() {
             let mut seen = skb.clone();
             seen.pkt_type = PktType::Outgoing;
+            // The time it was sent, as `dev_queue_xmit_nit` stamps its clone
+            // (`net_timestamp_set`); the skb's own tstamp is its arrival, or nothing.
+            seen.tstamp = self.now;
             d.deliver_to_taps(&seen);
         }
         if let Err(dropped) = d.qdisc.enqueue(skb) {

@@ -9,6 +9,12 @@
 //! [`skb_gso_segment`] first, as the kernel does for a device without the feature: a
 //! super-packet becomes MSS-sized TCP segments with their own IP IDs, sequence numbers,
 //! flags and checksums; a partial checksum is completed.
+//!
+//! Inside the stack the same code serves a forwarded super-packet (or one of our own
+//! routed to another device): `dev_queue_xmit` segments it for a device without TSO,
+//! as `validate_xmit_skb` does, and `ip_finish_output_gso` segments one whose segments
+//! exceed the MTU before fragmenting them (`skb_gso_segment_ip`, at the network
+//! header).
 
 use crate::skb::{IpSummed, Skb, SkbPool};
 use crate::wire::checksum;
@@ -75,6 +81,12 @@ pub fn tcp_frame_headers(frame: &[u8]) -> Result<TcpFrameHeaders, HeaderError> {
     if ethertype != ethertype::IPV4 {
         return Err(HeaderError::NotIpv4);
     }
+    tcp_headers_at(frame, l2)
+}
+
+/// The TCP/IPv4 headers of `frame` whose IPv4 header starts at `l2` (0 for a packet
+/// with `data` at the network header), checked as [`tcp_frame_headers`] checks them.
+fn tcp_headers_at(frame: &[u8], l2: usize) -> Result<TcpFrameHeaders, HeaderError> {
     let ip = frame.get(l2..l2 + 20).ok_or(HeaderError::Truncated)?;
     let (version, ihl) = (ip[0] >> 4, usize::from(ip[0] & 0x0f) * 4);
     if version != 4 || ihl < 20 {
@@ -107,7 +119,8 @@ pub fn tcp_frame_headers(frame: &[u8]) -> Result<TcpFrameHeaders, HeaderError> {
 /// its checksum, anything else is passed on as it is.
 pub fn skb_gso_segment(skb: Skb, pool: &SkbPool, out: &mut Vec<Skb>) -> Result<(), GsoError> {
     if skb.gso_size > 0 {
-        return tcp_gso_segment(&skb, pool, out);
+        let h = tcp_frame_headers(skb.data()).map_err(gso_error)?;
+        return tcp_gso_segment(&skb, h, pool, out);
     }
     if let Some((field, csum)) =
         skb_checksum_help(&skb, 0, skb.len()).map_err(|()| GsoError::Malformed)?
@@ -120,6 +133,30 @@ pub fn skb_gso_segment(skb: Skb, pool: &SkbPool, out: &mut Vec<Skb>) -> Result<(
     }
     out.push(skb);
     Ok(())
+}
+
+/// [`skb_gso_segment`] for a super-packet with `data` at the IPv4 header, as
+/// `ip_finish_output_gso` calls it before fragmenting segments that do not fit: the
+/// segments start at their IPv4 headers too.
+pub(crate) fn skb_gso_segment_ip(
+    skb: &Skb,
+    pool: &SkbPool,
+    out: &mut Vec<Skb>,
+) -> Result<(), GsoError> {
+    let h = tcp_headers_at(skb.data(), 0).map_err(gso_error)?;
+    let first = out.len();
+    tcp_gso_segment(skb, h, pool, out)?;
+    for seg in &mut out[first..] {
+        seg.reset_network_header();
+    }
+    Ok(())
+}
+
+fn gso_error(e: HeaderError) -> GsoError {
+    match e {
+        HeaderError::Truncated | HeaderError::BadTcpHeader => GsoError::Malformed,
+        HeaderError::NotIpv4 | HeaderError::NotTcp => GsoError::Unsupported,
+    }
 }
 
 /// `skb_checksum_help`: for a `CHECKSUM_PARTIAL` skb, the final transport checksum and
@@ -171,15 +208,16 @@ pub fn validate_xmit(skb: Skb, pool: &SkbPool, out: &mut Vec<Skb>) {
 /// ID (incremented per segment, as `inet_gso_segment` does) and header checksum, TCP
 /// sequence number and full checksum. CWR stays on the first segment only; FIN and PSH
 /// only on the last (RFC 3168 6.1.2 and the kernel's `tcp_gso_segment`).
-fn tcp_gso_segment(skb: &Skb, pool: &SkbPool, out: &mut Vec<Skb>) -> Result<(), GsoError> {
+fn tcp_gso_segment(
+    skb: &Skb,
+    h: TcpFrameHeaders,
+    pool: &SkbPool,
+    out: &mut Vec<Skb>,
+) -> Result<(), GsoError> {
     const FIN: u8 = 0x01;
     const PSH: u8 = 0x08;
     const CWR: u8 = 0x80;
     let frame = skb.data();
-    let h = tcp_frame_headers(frame).map_err(|e| match e {
-        HeaderError::Truncated | HeaderError::BadTcpHeader => GsoError::Malformed,
-        HeaderError::NotIpv4 | HeaderError::NotTcp => GsoError::Unsupported,
-    })?;
     let (l3, l4, hdr_len) = (h.l3_offset, h.l4_offset, h.hdr_len);
     let (ihl, thl) = (l4 - l3, hdr_len - l4);
     let ip_total = usize::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]));

@@ -2,7 +2,6 @@
 //! by type, `icmp_echo` answers pings, `icmp_unreach` hands errors to the socket they
 //! concern, and `icmp_send` generates errors under the kernel's rules and rate limits.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use crate::ipv4::route::RouteType;
@@ -20,26 +19,21 @@ const RATEMASK: u32 = 0x1818;
 /// `net.ipv4.icmp_msgs_per_sec` and `icmp_msgs_burst`.
 const GLOBAL_PER_SEC: u64 = 1000;
 const GLOBAL_BURST: u64 = 50;
-/// `net.ipv4.icmp_ratelimit` (1 s per message per destination) with the inetpeer burst
-/// of 6 (`XRLIM_BURST_FACTOR`).
+/// `net.ipv4.icmp_ratelimit`: 1 s per message per destination, in the destination's
+/// `inet_peer` bucket (burst 6, `XRLIM_BURST_FACTOR`; see [`crate::inetpeer`]).
 const HOST_INTERVAL: Duration = Duration::from_secs(1);
-const HOST_BURST: u64 = 6;
-/// Bound on the per-destination limiter table (the kernel's inetpeer cache is bounded
-/// the same way, by memory pressure).
-const HOST_TABLE_MAX: usize = 1024;
 /// Errors quote at most what fits in a 576-byte datagram (RFC 1812 section 4.3.2.3).
 const ERR_MAX_LEN: usize = 576;
 /// `IPTOS_PREC_INTERNETCONTROL`: errors travel at network-control precedence.
 const TOS_INTERNETCONTROL: u8 = 0xc0;
 
-/// ICMP sender state: the rate limiters.
+/// ICMP sender state: the global rate limiter (the per-destination one lives in the
+/// destination's [`crate::inetpeer::InetPeer`], shared with `ip_error` and redirects).
 #[derive(Debug)]
 pub struct IcmpState {
     /// Global token bucket (`icmp_global_allow`): tokens and last refill.
     global_tokens: u64,
     global_stamp: Instant,
-    /// Per-destination buckets (`inet_peer_xrlim_allow`): tokens in microseconds.
-    hosts: HashMap<Ipv4Addr, (u64, Instant)>,
     /// `net.ipv4.icmp_echo_ignore_broadcasts` (default on).
     pub echo_ignore_broadcasts: bool,
 }
@@ -49,7 +43,6 @@ impl IcmpState {
         IcmpState {
             global_tokens: GLOBAL_BURST,
             global_stamp: now,
-            hosts: HashMap::new(),
             echo_ignore_broadcasts: true,
         }
     }
@@ -68,33 +61,16 @@ impl IcmpState {
         self.global_tokens -= 1;
         true
     }
+}
 
-    /// `inet_peer_xrlim_allow`: a bucket of HOST_BURST messages per destination,
-    /// refilled one per HOST_INTERVAL.
-    fn host_allow(&mut self, now: Instant, dst: Ipv4Addr) -> bool {
-        let interval = HOST_INTERVAL.as_micros() as u64;
-        let cap = interval * HOST_BURST;
-        if !self.hosts.contains_key(&dst) && self.hosts.len() >= HOST_TABLE_MAX {
-            // Forget the quietest peer: its bucket has refilled the longest.
-            if let Some(oldest) = self
-                .hosts
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(a, _)| *a)
-            {
-                self.hosts.remove(&oldest);
-            }
-        }
-        let (tokens, stamp) = self.hosts.entry(dst).or_insert((cap, now));
-        *tokens = (*tokens + now.saturating_duration_since(*stamp).as_micros() as u64).min(cap);
-        *stamp = now;
-        if *tokens >= interval {
-            *tokens -= interval;
-            true
-        } else {
-            false
-        }
+/// Whether an error of type `t`, code `code` is rate limited (the negation of
+/// `icmpv4_mask_allow`): only the types of `icmp_ratemask`, and never "fragmentation
+/// needed" ("Don't limit PMTU discovery", RFC 1191 needs those to get through).
+fn icmpv4_mask_limits(t: u8, code: u8) -> bool {
+    if t == msg_type::DST_UNREACHABLE && code == icmpv4::unreach_code::FRAG_NEEDED {
+        return false;
     }
+    t < 32 && RATEMASK & (1 << t) != 0
 }
 
 /// Whether `t` is an ICMP error (as opposed to a query), RFC 1122 3.2.2.
@@ -146,6 +122,9 @@ impl Stack {
             msg_type::DST_UNREACHABLE => self.snmp.icmp.in_dest_unreachs += 1,
             msg_type::TIME_EXCEEDED => self.snmp.icmp.in_time_excds += 1,
             msg_type::PARAM_PROBLEM => self.snmp.icmp.in_parm_probs += 1,
+            // Counted, then ignored: a host would update its route to the destination
+            // (icmp_redirect -> ip_rt_redirect); ustack keeps its routes as configured.
+            msg_type::REDIRECT => self.snmp.icmp.in_redirects += 1,
             _ => {}
         }
         if broadcast {
@@ -184,7 +163,7 @@ impl Stack {
         let new = u16::from_be_bytes([hdr[0], hdr[1]]);
         let csum = u16::from_be_bytes([hdr[2], hdr[3]]);
         hdr[2..4].copy_from_slice(&checksum::update16(csum, old, new).to_be_bytes());
-        let rt = match self.ip_route_output(req_src) {
+        let rt = match self.ip_route_output_key(req_src) {
             Ok(rt) => rt,
             Err(_) => {
                 self.snmp.icmp.out_errors += 1;
@@ -285,20 +264,27 @@ impl Stack {
                 return;
             }
         }
-        let rt = match self.ip_route_output(src) {
+        let rt = match self.ip_route_output_key(src) {
             Ok(rt) => rt,
             Err(_) => return,
         };
-        // Rate limits (icmpv4_xrlim_allow); loopback is never limited.
-        if rt.rtype != RouteType::Local
+        // Rate limits, only for the types of `icmp_ratemask` (icmpv4_mask_allow), and
+        // never for errors about or to ourselves (loopback): the global bucket
+        // (icmpv4_global_allow), then the destination's inet_peer bucket
+        // (icmpv4_xrlim_allow).
+        if icmpv4_mask_limits(t, code)
+            && rt.rtype != RouteType::Local
             && skb_in.ifindex != LOOPBACK_IFINDEX
-            && RATEMASK & (1 << t) != 0
         {
             if !self.icmp.global_allow(self.now) {
                 self.snmp.icmp.out_rate_limit_global += 1;
                 return;
             }
-            if !self.icmp.host_allow(self.now, src) {
+            if !self
+                .peers
+                .get(self.now, src)
+                .xrlim_allow(self.now, HOST_INTERVAL.as_micros() as u64)
+            {
                 self.snmp.icmp.out_rate_limit_host += 1;
                 return;
             }
@@ -349,6 +335,7 @@ impl Stack {
                     msg_type::DST_UNREACHABLE => self.snmp.icmp.out_dest_unreachs += 1,
                     msg_type::TIME_EXCEEDED => self.snmp.icmp.out_time_excds += 1,
                     msg_type::PARAM_PROBLEM => self.snmp.icmp.out_parm_probs += 1,
+                    msg_type::REDIRECT => self.snmp.icmp.out_redirects += 1,
                     _ => {}
                 }
             }

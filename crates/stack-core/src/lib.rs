@@ -10,6 +10,7 @@ pub mod dev;
 pub mod gso;
 pub mod icmp;
 pub mod impair;
+pub mod inetpeer;
 pub mod ipv4;
 pub mod neigh;
 pub mod netfilter;

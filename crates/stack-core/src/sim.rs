@@ -1,4 +1,7 @@
-//! Two stacks on a simulated Ethernet link in virtual time: quinn's `Pair` test pattern.
+//! Stacks on simulated Ethernet links in virtual time: [`Pair`], two hosts on one
+//! impaired link (quinn's `Pair` test pattern), and [`Net`], any number of stacks
+//! (hosts, routers) on clean point-to-point links or shared segments, with per-link
+//! capture.
 //!
 //! ```text
 //!   a.poll_transmit ──► link.a_to_b (Impairment) ──► b.netif_receive_skb
@@ -16,6 +19,7 @@
 //! completion), so a delay on the link does not hold the sender's `sk_wmem_alloc`. With a
 //! `rate`, the link queue is the bottleneck router's drop-tail buffer of `limit` frames.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use crate::dev::DeviceId;
@@ -331,4 +335,371 @@ fn orphan(skb: Skb) -> Skb {
     let free = skb.clone();
     drop(skb);
     free
+}
+
+/// One end of a link in a [`Net`]: a stack (its index in [`Net::stacks`]) and one of
+/// its devices.
+pub type Port = (usize, DeviceId);
+
+/// A link of a [`Net`], in the order they were made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkId(pub usize);
+
+/// Frames a link's capture keeps until read; past this, new frames are counted in
+/// [`Net::capture_drops`] instead (every queue is bounded).
+pub const CAPTURE_MAX: usize = 65_536;
+
+/// One frame a link carried, as the receiving port got it.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    /// When it was delivered.
+    pub at: Instant,
+    /// Who sent it; `None` for a frame a test [`Net::inject`]ed.
+    pub from: Option<Port>,
+    pub to: Port,
+    /// The frame (`data` at the Ethernet header), with the sender's `gso_size` and
+    /// `ip_summed`: a super-packet crossing a TSO-to-TSO link is seen whole.
+    pub frame: Skb,
+}
+
+/// A wire between two or more ports: point-to-point ([`Net::link`]) or a shared
+/// segment, a hub, where every frame reaches every other port ([`Net::segment`]).
+#[derive(Debug)]
+struct Wire {
+    ports: Vec<Port>,
+    delay: Duration,
+    /// Frames on the wire in sending order: (due, from, to, frame). One delay per wire
+    /// keeps the queue sorted by due time.
+    frames: VecDeque<(Instant, Option<Port>, Port, Skb)>,
+    capture: Option<VecDeque<Captured>>,
+    capture_drops: u64,
+}
+
+/// Several stacks joined by links, in virtual time: hosts and routers, each device on
+/// at most one link. Frames cross a link after its delay (zero by default) and are
+/// handed to the receiving device with `netif_receive_skb`.
+///
+/// A link stands for a wire between two NICs. A frame is made wire-ready
+/// ([`gso::validate_xmit`]) only if the receiving device could not take it as it is: a
+/// super-packet for a device without TSO, a partial checksum for one without checksum
+/// offload. Between two devices with offloads (a veth or virtio pair) super-packets
+/// cross whole, as in Linux, and a test can see them in the link's capture.
+///
+/// ```text
+///   stacks[i].poll_transmit ─(i, dev)─► link ─► validate_xmit if the far device needs it
+///        ─► (capture) ─► stacks[j].netif_receive_skb(now, dev', frame)
+/// ```
+#[derive(Debug)]
+pub struct Net {
+    pub stacks: Vec<Stack>,
+    /// Virtual time; only the run methods move it, never backwards.
+    pub now: Instant,
+    wires: Vec<Wire>,
+    port_wire: HashMap<Port, usize>,
+    /// Frames sent by a device that is on no link (a cable not plugged in).
+    pub unlinked_drops: u64,
+}
+
+impl Default for Net {
+    fn default() -> Self {
+        Net::new()
+    }
+}
+
+impl Net {
+    /// No stacks, no links, time zero.
+    pub fn new() -> Net {
+        Net {
+            stacks: Vec::new(),
+            now: Instant::ZERO,
+            wires: Vec::new(),
+            port_wire: HashMap::new(),
+            unlinked_drops: 0,
+        }
+    }
+
+    /// Add a stack; returns its index in [`Net::stacks`].
+    pub fn add(&mut self, stack: Stack) -> usize {
+        self.stacks.push(stack);
+        self.stacks.len() - 1
+    }
+
+    /// A point-to-point link between two ports.
+    ///
+    /// # Panics
+    /// If a port is already on a link or names a device its stack does not have.
+    pub fn link(&mut self, a: Port, b: Port) -> LinkId {
+        self.segment(&[a, b])
+    }
+
+    /// A shared segment (a hub): every frame one port sends reaches all the others.
+    ///
+    /// # Panics
+    /// As [`Net::link`], or with fewer than two ports.
+    pub fn segment(&mut self, ports: &[Port]) -> LinkId {
+        assert!(ports.len() >= 2, "a link needs two ends");
+        let id = self.wires.len();
+        for &p in ports {
+            assert!(
+                self.stacks
+                    .get(p.0)
+                    .is_some_and(|s| s.devices().get(p.1).is_some()),
+                "no device {:?} on stack {}",
+                p.1,
+                p.0
+            );
+            assert!(
+                self.port_wire.insert(p, id).is_none(),
+                "port {p:?} is already linked"
+            );
+        }
+        self.wires.push(Wire {
+            ports: ports.to_vec(),
+            delay: Duration::ZERO,
+            frames: VecDeque::new(),
+            capture: None,
+            capture_drops: 0,
+        });
+        LinkId(id)
+    }
+
+    /// How long a frame takes to cross `link` (one way).
+    pub fn set_delay(&mut self, link: LinkId, delay: Duration) {
+        self.wires[link.0].delay = delay;
+    }
+
+    /// Start keeping a copy of every frame `link` delivers (up to [`CAPTURE_MAX`]).
+    pub fn capture(&mut self, link: LinkId) {
+        self.wires[link.0].capture.get_or_insert_with(VecDeque::new);
+    }
+
+    /// The frames `link` delivered since the last call, in delivery order.
+    pub fn captured(&mut self, link: LinkId) -> Vec<Captured> {
+        self.wires[link.0]
+            .capture
+            .as_mut()
+            .map(|c| c.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// Frames `link`'s capture had no room for.
+    pub fn capture_drops(&self, link: LinkId) -> u64 {
+        self.wires[link.0].capture_drops
+    }
+
+    /// Put `frame` (`data` at the Ethernet header) on the wire towards `to`, as if a
+    /// host the test plays had sent it now; it arrives after the link's delay.
+    ///
+    /// # Panics
+    /// If `to` is on no link.
+    pub fn inject(&mut self, to: Port, frame: Skb) {
+        let w = *self.port_wire.get(&to).expect("inject: port on no link");
+        let wire = &mut self.wires[w];
+        wire.frames
+            .push_back((self.now + wire.delay, None, to, wire_frame(frame)));
+    }
+
+    /// Frames waiting anywhere: on a TX queue or on a wire.
+    pub fn in_flight(&self) -> usize {
+        self.stacks.iter().map(Stack::tx_pending).sum::<usize>()
+            + self.wires.iter().map(|w| w.frames.len()).sum::<usize>()
+    }
+
+    /// Everything due at `now`, until nothing more happens, without moving time.
+    ///
+    /// # Panics
+    /// If the stacks keep exchanging frames without end at this instant (a livelock).
+    pub fn settle_now(&mut self) {
+        let mut busy = 0;
+        while !self.settle() {
+            self.check_livelock(&mut busy);
+        }
+    }
+
+    /// Do what is due at `now`, then move to the next event (a frame due, a stack timer)
+    /// but not past `limit`, and do that. Returns false when nothing is pending.
+    pub fn step(&mut self, limit: Instant) -> bool {
+        self.step_inner(limit) != Progress::Idle
+    }
+
+    /// Step until idle or `deadline`; returns whether it went idle. Stacks with
+    /// neighbour entries keep a garbage-collection timer: prefer [`Net::run_until`].
+    ///
+    /// # Panics
+    /// On a livelock, as [`Net::settle_now`].
+    pub fn run_until_idle(&mut self, deadline: Instant) -> bool {
+        let mut busy = 0;
+        loop {
+            match self.step_inner(deadline) {
+                Progress::Idle => return true,
+                Progress::Limited => return false,
+                Progress::Advanced => busy = 0,
+                Progress::Busy => self.check_livelock(&mut busy),
+            }
+        }
+    }
+
+    /// Step until `cond(self)` holds or `deadline` passes; returns whether it held.
+    /// When it does not, `now` ends at `deadline`.
+    ///
+    /// # Panics
+    /// On a livelock, as [`Net::settle_now`].
+    pub fn run_until(&mut self, deadline: Instant, mut cond: impl FnMut(&mut Net) -> bool) -> bool {
+        let mut busy = 0;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            match self.step_inner(deadline) {
+                Progress::Limited => return cond(self),
+                Progress::Idle => {
+                    self.now = self.now.max(deadline);
+                    return cond(self);
+                }
+                Progress::Advanced => busy = 0,
+                Progress::Busy => self.check_livelock(&mut busy),
+            }
+        }
+    }
+
+    /// Jump `d` ahead, running everything due on the way and at the end.
+    ///
+    /// # Panics
+    /// On a livelock, as [`Net::settle_now`].
+    pub fn advance(&mut self, d: Duration) {
+        let target = self.now + d;
+        let mut busy = 0;
+        loop {
+            match self.step_inner(target) {
+                Progress::Idle | Progress::Limited => break,
+                Progress::Advanced => busy = 0,
+                Progress::Busy => self.check_livelock(&mut busy),
+            }
+        }
+        self.now = self.now.max(target);
+    }
+
+    fn check_livelock(&self, busy: &mut usize) {
+        *busy += 1;
+        assert!(
+            *busy < LIVELOCK_STEPS,
+            "sim: still busy at {:?} after {} rounds without time moving",
+            self.now,
+            LIVELOCK_STEPS * MAX_ROUNDS_PER_STEP
+        );
+    }
+
+    fn step_inner(&mut self, limit: Instant) -> Progress {
+        if !self.settle() {
+            return Progress::Busy;
+        }
+        match self.next_event() {
+            None => Progress::Idle,
+            Some(t) if t > limit => {
+                self.now = self.now.max(limit);
+                Progress::Limited
+            }
+            Some(t) => {
+                self.now = self.now.max(t);
+                if self.settle() {
+                    Progress::Advanced
+                } else {
+                    Progress::Busy
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self) -> bool {
+        for _ in 0..MAX_ROUNDS_PER_STEP {
+            if !self.round() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// One round at `now`: TX rings onto the wires, due frames off them, due timers.
+    fn round(&mut self) -> bool {
+        let now = self.now;
+        let mut work = false;
+        for i in 0..self.stacks.len() {
+            while let Some((dev, skb)) = self.stacks[i].poll_transmit(now) {
+                work = true;
+                let from = (i, dev);
+                let Some(&w) = self.port_wire.get(&from) else {
+                    self.unlinked_drops += 1;
+                    continue;
+                };
+                let skb = orphan(skb);
+                let wire = &mut self.wires[w];
+                for &to in &wire.ports {
+                    if to == from {
+                        continue;
+                    }
+                    let rx = self.stacks[to.0].device(to.1).offloads;
+                    let partial = matches!(skb.ip_summed, crate::skb::IpSummed::Partial { .. });
+                    let mut frames = Vec::new();
+                    if (skb.gso_size > 0 && !rx.tso) || (partial && !rx.csum) {
+                        gso::validate_xmit(skb.clone(), self.stacks[i].pool(), &mut frames);
+                    } else {
+                        frames.push(skb.clone());
+                    }
+                    let due = now + wire.delay;
+                    for f in frames {
+                        wire.frames.push_back((due, Some(from), to, wire_frame(f)));
+                    }
+                }
+            }
+        }
+        for wire in &mut self.wires {
+            while wire.frames.front().is_some_and(|f| f.0 <= now) {
+                let Some((_, from, to, frame)) = wire.frames.pop_front() else {
+                    break;
+                };
+                if let Some(c) = &mut wire.capture {
+                    if c.len() < CAPTURE_MAX {
+                        c.push_back(Captured {
+                            at: now,
+                            from,
+                            to,
+                            frame: frame.clone(),
+                        });
+                    } else {
+                        wire.capture_drops += 1;
+                    }
+                }
+                self.stacks[to.0].netif_receive_skb(now, to.1, frame);
+                work = true;
+            }
+        }
+        for stack in &mut self.stacks {
+            if stack.poll_timeout().is_some_and(|t| t <= now) {
+                stack.handle_timeout(now);
+                work = true;
+            }
+        }
+        work
+    }
+
+    fn next_event(&self) -> Option<Instant> {
+        if self.stacks.iter().any(|s| s.tx_pending() > 0) {
+            return Some(self.now);
+        }
+        self.wires
+            .iter()
+            .filter_map(|w| w.frames.front().map(|f| f.0))
+            .chain(self.stacks.iter().filter_map(Stack::poll_timeout))
+            .min()
+    }
+}
+
+/// What a receiving NIC makes of a frame: the bytes and the offload state (`gso_size`,
+/// `ip_summed`, as a virtio-net header carries them), nothing of the sender's own
+/// bookkeeping (priority, mark).
+fn wire_frame(mut skb: Skb) -> Skb {
+    skb.priority = 0;
+    skb.mark = 0;
+    skb.vlan_tci = None;
+    skb
 }

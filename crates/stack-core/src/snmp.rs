@@ -88,6 +88,7 @@ mib! {
         in_dest_unreachs => "InDestUnreachs",
         in_time_excds => "InTimeExcds",
         in_parm_probs => "InParmProbs",
+        in_redirects => "InRedirects",
         in_echos => "InEchos",
         in_echo_reps => "InEchoReps",
         out_msgs => "OutMsgs",
@@ -97,6 +98,7 @@ mib! {
         out_dest_unreachs => "OutDestUnreachs",
         out_time_excds => "OutTimeExcds",
         out_parm_probs => "OutParmProbs",
+        out_redirects => "OutRedirects",
         out_echos => "OutEchos",
         out_echo_reps => "OutEchoReps",
     }

@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 
 use crate::dev::{DeviceId, Devices, IfAddr, NetDeviceConfig};
 use crate::icmp::IcmpState;
+use crate::inetpeer::InetPeers;
 use crate::ipv4::defrag::{Defrag, DefragParms};
 use crate::ipv4::route::{Fib, FibEntry, Table};
 use crate::ipv4::Ipv4Conf;
@@ -116,6 +117,9 @@ pub struct Stack {
     pub(crate) fib: Fib,
     pub(crate) nf: Netfilter,
     pub(crate) icmp: IcmpState,
+    /// Per-peer rate-limiter state (`net->ipv4.peers`): ICMP errors, `ip_error`,
+    /// redirects.
+    pub(crate) peers: InetPeers,
     /// Every socket, all protocols (`struct sock`s).
     pub(crate) socks: Slab<Sock>,
     pub(crate) ping: PingTable,
@@ -199,6 +203,7 @@ impl Stack {
             fib: Fib::default(),
             nf: Netfilter::default(),
             icmp: IcmpState::new(now),
+            peers: InetPeers::default(),
             socks: Slab::new(),
             defrag: Defrag::new(DefragParms::default()),
             ping: PingTable::default(),
@@ -242,6 +247,11 @@ impl Stack {
     /// resolution are dropped and counted. Returns how many entries went.
     pub fn neigh_flush(&mut self, dev: Option<DeviceId>) -> usize {
         self.neigh.flush(dev)
+    }
+
+    /// The rate-limiter state kept for peer `addr` (`inet_peer`), if any.
+    pub fn inet_peer(&self, addr: Ipv4Addr) -> Option<crate::inetpeer::InetPeer> {
+        self.peers.lookup(addr).copied()
     }
 
     /// The netfilter hooks, to register rules on.

@@ -1,6 +1,6 @@
 //! IPv4 ingress: `ip_rcv` -> PRE_ROUTING -> `ip_rcv_finish` -> `ip_route_input` ->
-//! `ip_local_deliver` (LOCAL_IN) or `ip_forward` (FORWARD) or `ip_error`
-//! (net/ipv4/ip_input.c, ip_forward.c, route.c).
+//! `ip_local_deliver` (LOCAL_IN), or `ip_forward` / `ip_error` (in [`super::forward`])
+//! (net/ipv4/ip_input.c, route.c).
 
 use std::net::Ipv4Addr;
 
@@ -20,16 +20,28 @@ use crate::wire::ipv4::{self, Ipv4Option, Ipv4Packet};
 pub(crate) enum InputRoute {
     /// `ip_local_deliver`; `broadcast` when it came to a broadcast or multicast address.
     Local { broadcast: bool },
-    /// `ip_forward` by this route.
-    Forward(Rtable),
-    /// `ip_error`: not for us and not forwarded (EHOSTUNREACH).
-    HostUnreachable,
-    /// `ip_error`: forwarding, but no route (ENETUNREACH).
-    NetUnreachable,
+    /// `ip_forward` by this route; `redirect` is `IPSKB_DOREDIRECT` (`__mkroute_input`).
+    Forward { rt: Rtable, redirect: bool },
+    /// `ip_error` with this `dst.error`.
+    Error(DstError),
+    /// A multicast group we have not joined: counted in InAddrErrors, dropped.
+    NotJoined,
     /// Martian source or destination: dropped silently.
     Martian,
     /// The source failed the reverse-path filter: dropped silently.
     RpFilter,
+}
+
+/// The `dst.error` of an input route that `ip_error` handles (`ip_route_input_slow`'s
+/// `no_route` path: the errno of `fib_lookup`, or EHOSTUNREACH when not forwarding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DstError {
+    /// EHOSTUNREACH: forwarding is off, or an `unreachable` route (`fib_props`).
+    HostUnreach,
+    /// ENETUNREACH: forwarding, and no route at all.
+    NetUnreach,
+    /// EINVAL: a `blackhole` route; dropped without a word.
+    Inval,
 }
 
 impl Stack {
@@ -105,16 +117,11 @@ impl Stack {
                 }
                 self.ip_local_deliver(skb, broadcast)
             }
-            InputRoute::Forward(rt) => self.ip_forward(skb, rt),
-            InputRoute::HostUnreachable => {
-                // ip_error with forwarding off: counted, no ICMP (RFC 1122 3.3.4.2
-                // lets a host silently discard datagrams not addressed to it).
+            InputRoute::Forward { rt, redirect } => self.ip_forward(skb, rt, redirect),
+            InputRoute::Error(err) => self.ip_error(skb, err),
+            InputRoute::NotJoined => {
                 self.snmp.ip.in_addr_errors += 1;
-                tracing::trace!(%dst, "drop: not for us, forwarding off");
-            }
-            InputRoute::NetUnreachable => {
-                self.snmp.ip_ext.in_no_routes += 1;
-                self.icmp_send(&skb, msg_type::DST_UNREACHABLE, unreach_code::NET, 0);
+                tracing::trace!(%dst, "drop: multicast group not joined");
             }
             InputRoute::Martian => {
                 self.snmp.ip_ext.in_martians += 1;
@@ -144,7 +151,7 @@ impl Stack {
             return if dst == Ipv4Addr::new(224, 0, 0, 1) {
                 InputRoute::Local { broadcast: true }
             } else {
-                InputRoute::HostUnreachable
+                InputRoute::NotJoined
             };
         }
         if dst.is_unspecified() || dst.octets()[0] == 127 {
@@ -161,21 +168,68 @@ impl Stack {
         match self.fib.fib_lookup(dst) {
             Some(e) if e.rtype == RouteType::Local => InputRoute::Local { broadcast: false },
             Some(e) if e.rtype == RouteType::Broadcast => InputRoute::Local { broadcast: true },
-            _ if !self.conf.ip_forward => InputRoute::HostUnreachable,
-            Some(e) if e.rtype == RouteType::Unicast => InputRoute::Forward(Rtable {
-                rtype: RouteType::Unicast,
-                dev: e.oif,
-                nexthop: e.gateway.unwrap_or(dst),
-                src: e
-                    .prefsrc
-                    .unwrap_or_else(|| self.inet_select_addr(e.oif, dst)),
-                mtu: self.devs.get(e.oif).map_or(0, |d| d.mtu),
-                gateway: e.gateway.is_some(),
-            }),
-            Some(e) if e.rtype == RouteType::Blackhole => InputRoute::Martian,
-            Some(_) => InputRoute::HostUnreachable,
-            None => InputRoute::NetUnreachable,
+            // Not forwarding: whatever the lookup said, EHOSTUNREACH.
+            _ if !self.conf.ip_forward => InputRoute::Error(DstError::HostUnreach),
+            Some(e) if e.rtype == RouteType::Unicast => {
+                let in_dev = DeviceId(ifindex);
+                let redirect = from_wire && self.mkroute_input_redirect(src, in_dev, e);
+                InputRoute::Forward {
+                    rt: Rtable {
+                        rtype: RouteType::Unicast,
+                        dev: e.oif,
+                        nexthop: e.gateway.unwrap_or(dst),
+                        src: e
+                            .prefsrc
+                            .unwrap_or_else(|| self.inet_select_addr(e.oif, dst)),
+                        mtu: self.devs.get(e.oif).map_or(0, |d| d.mtu),
+                        gateway: e.gateway.is_some(),
+                    },
+                    redirect,
+                }
+            }
+            // fib_props: a blackhole route fails the lookup with EINVAL, an unreachable
+            // one with EHOSTUNREACH; no route at all is ENETUNREACH.
+            Some(e) if e.rtype == RouteType::Blackhole => InputRoute::Error(DstError::Inval),
+            Some(_) => InputRoute::Error(DstError::HostUnreach),
+            None => InputRoute::Error(DstError::NetUnreach),
         }
+    }
+
+    /// Whether a packet from `src` that came in on `in_dev` and leaves by route `e`
+    /// earns its sender a redirect (`IPSKB_DOREDIRECT`, set in `__mkroute_input`;
+    /// RFC 1812 section 5.2.7.2): it leaves by the device it came in on, that device
+    /// sends redirects, the sender is directly connected there (`fib_validate_source`
+    /// returning 1: the route back to `src` is a direct route out of `in_dev`), and with
+    /// `shared_media` off the sender and the new gateway share one of the device's
+    /// subnets (`inet_addr_onlink`).
+    fn mkroute_input_redirect(
+        &self,
+        src: Ipv4Addr,
+        in_dev: DeviceId,
+        e: &super::route::FibEntry,
+    ) -> bool {
+        if e.oif != in_dev || !self.conf.send_redirects {
+            return false;
+        }
+        let Some(dev) = self.devs.get(in_dev) else {
+            return false;
+        };
+        // __fib_validate_source: the reverse route, or failing that a connected subnet
+        // of the device (its lookup restricted to `in_dev`), must have no gateway.
+        let direct = match self.fib.fib_lookup(src) {
+            Some(back) if back.rtype == RouteType::Unicast && back.oif == in_dev => {
+                back.gateway.is_none()
+            }
+            _ => dev.addrs.iter().any(|a| a.contains(src)),
+        };
+        if !direct {
+            return false;
+        }
+        self.conf.shared_media
+            || dev
+                .addrs
+                .iter()
+                .any(|a| a.contains(src) && e.gateway.is_none_or(|gw| a.contains(gw)))
     }
 
     /// `fib_validate_source` with `rp_filter` (RFC 3704): strict wants the route back
@@ -292,57 +346,5 @@ impl Stack {
                 self.icmp_send(&skb, msg_type::DST_UNREACHABLE, unreach_code::PROTOCOL, 0);
             }
         }
-    }
-
-    /// `ip_forward` (net/ipv4/ip_forward.c): RFC 1812 section 5.2/5.3 checks, FORWARD,
-    /// TTL decrement with an incremental checksum update (RFC 1624), then output.
-    #[tracing::instrument(level = "trace", name = "ip_forward", skip_all)]
-    fn ip_forward(&mut self, mut skb: Skb, rt: Rtable) {
-        if skb.pkt_type != PktType::Host {
-            self.snmp.ip.in_discards += 1;
-            return;
-        }
-        let ip = Ipv4Packet::new_unchecked(skb.data());
-        let (ttl, len, df) = (ip.ttl(), ip.total_len() as usize, ip.dont_frag());
-        if ttl <= 1 {
-            self.snmp.ip.in_hdr_errors += 1;
-            self.icmp_send(&skb, msg_type::TIME_EXCEEDED, time_exceeded_code::TTL, 0);
-            return;
-        }
-        // A GRO'd super-packet leaves as the segments it stands for: those must fit.
-        let too_big = if skb.gso_size > 0 {
-            !super::output::gso_fits(&skb, rt.mtu)
-        } else {
-            len > rt.mtu
-        };
-        if too_big && df {
-            self.snmp.ip.frag_fails += 1;
-            // RFC 1191: tell the sender the MTU of the next hop.
-            self.icmp_send(
-                &skb,
-                msg_type::DST_UNREACHABLE,
-                unreach_code::FRAG_NEEDED,
-                rt.mtu as u32,
-            );
-            return;
-        }
-        if self
-            .nf
-            .nf_hook(NfHook::Forward, &mut skb, &mut self.snmp.nf)
-            == Verdict::Drop
-        {
-            return;
-        }
-        // ip_decrease_ttl: TTL is the high byte of the 16-bit word at offset 8.
-        let hdr = skb.data_mut();
-        let old = u16::from_be_bytes([hdr[8], hdr[9]]);
-        hdr[8] = ttl - 1;
-        let new = u16::from_be_bytes([hdr[8], hdr[9]]);
-        let csum = u16::from_be_bytes([hdr[10], hdr[11]]);
-        hdr[10..12].copy_from_slice(&checksum::update16(csum, old, new).to_be_bytes());
-        self.snmp.ip.forw_datagrams += 1;
-        skb.reset_network_header();
-        // Failures past this point (a POST_ROUTING drop) are counted where they happen.
-        let _ = self.ip_output(skb, rt);
     }
 }

@@ -1,9 +1,10 @@
-//! IPv4 (net/ipv4/): routing, ingress (`ip_rcv` .. `ip_local_deliver`, `ip_forward`),
-//! egress (`ip_queue_xmit` .. `ip_finish_output2`).
+//! IPv4 (net/ipv4/): routing, ingress (`ip_rcv` .. `ip_local_deliver`), forwarding
+//! (`ip_forward`, `ip_error`), egress (`ip_queue_xmit` .. `ip_finish_output2`).
 
 pub mod defrag;
 pub mod devinet;
 pub mod fib_frontend;
+pub mod forward;
 pub mod fragment;
 pub mod input;
 pub mod output;
@@ -39,6 +40,14 @@ pub struct Ipv4Conf {
     pub rp_filter: RpFilter,
     /// `net.ipv4.conf.all.send_redirects`: on by default, as in Linux.
     pub send_redirects: bool,
+    /// `net.ipv4.conf.all.shared_media` (RFC 1620): on by default, as in Linux. When
+    /// off, a redirect is sent only if the sender and the new gateway share a subnet of
+    /// the device (`inet_addr_onlink`).
+    pub shared_media: bool,
+    /// `net.ipv4.ip_forward_update_priority`: a forwarded packet's `skb->priority` (its
+    /// pfifo_fast band) comes from its TOS (`rt_tos2priority`). On by default, as in
+    /// Linux.
+    pub ip_fwd_update_priority: bool,
 }
 
 impl Default for Ipv4Conf {
@@ -47,6 +56,8 @@ impl Default for Ipv4Conf {
             ip_forward: false,
             rp_filter: RpFilter::Off,
             send_redirects: true,
+            shared_media: true,
+            ip_fwd_update_priority: true,
         }
     }
 }

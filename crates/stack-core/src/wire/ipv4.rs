@@ -284,6 +284,25 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.buffer.as_mut()[field::TTL] = ttl;
     }
 
+    /// Set the TTL and adjust the header checksum incrementally (RFC 1624 eqn. 3 over
+    /// the TTL/protocol word), so the rest of the header need not be summed again.
+    pub fn set_ttl_update_checksum(&mut self, ttl: u8) {
+        let b = self.buffer.as_ref();
+        let old = u16::from_be_bytes([b[field::TTL], b[field::PROTOCOL]]);
+        let new = u16::from_be_bytes([ttl, b[field::PROTOCOL]]);
+        let csum = checksum::update16(self.checksum(), old, new);
+        self.set_ttl(ttl);
+        self.set_checksum(csum);
+    }
+
+    /// `ip_decrease_ttl`: one hop less, checksum adjusted incrementally; returns the new
+    /// TTL. The caller has made sure the TTL is above 1 (RFC 1812 section 5.3.1).
+    pub fn decrease_ttl(&mut self) -> u8 {
+        let ttl = self.ttl().saturating_sub(1);
+        self.set_ttl_update_checksum(ttl);
+        ttl
+    }
+
     pub fn set_protocol(&mut self, protocol: u8) {
         self.buffer.as_mut()[field::PROTOCOL] = protocol;
     }
@@ -865,6 +884,25 @@ mod tests {
             let p = Ipv4Packet::new_checked(&buf[..]).unwrap();
             prop_assert!(p.verify_checksum());
             prop_assert_eq!(Ipv4Repr::parse(&p).unwrap(), repr);
+        }
+
+        /// ip_decrease_ttl's incremental update equals a full recomputation, for every
+        /// header and TTL (RFC 1624: eqn. 3 never yields the 0xffff "negative zero").
+        #[test]
+        fn decrease_ttl_matches_a_full_recompute(mut repr in repr_strategy(), ttl in 2u8..=255) {
+            repr.ttl = ttl;
+            let mut buf = vec![0u8; repr.buffer_len()];
+            repr.emit(&mut buf);
+            let mut p = Ipv4Packet::new_checked(&mut buf[..]).unwrap();
+            prop_assert_eq!(p.decrease_ttl(), ttl - 1);
+            prop_assert_eq!(p.ttl(), ttl - 1);
+            prop_assert!(p.verify_checksum());
+            let incremental = p.checksum();
+            p.fill_checksum();
+            prop_assert_eq!(incremental, p.checksum());
+            p.set_ttl_update_checksum(ttl);
+            prop_assert!(p.verify_checksum());
+            prop_assert_eq!(Ipv4Repr::parse(&Ipv4Packet::new_unchecked(&buf[..])).unwrap(), repr);
         }
 
         #[test]
