@@ -1,6 +1,7 @@
 //! Command-line arguments and the pieces `host` and `ping` share.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use stack_async::{ImpairConfig, StackHandle, StackOptions};
@@ -30,6 +31,10 @@ pub enum Command {
     /// does (net.ipv4.ip_forward=1), answering ARP and ping on each address, until
     /// SIGINT/SIGTERM.
     Router(RouterArgs),
+    /// Ask a running `ustack host` or `ustack router` through its control socket, as
+    /// iproute2 and nstat ask the kernel; prints what they print.
+    #[command(long_about = crate::ctl::LONG_ABOUT)]
+    Ctl(CtlArgs),
 }
 
 /// One `--iface NAME=ADDR/PREFIX[,mtu=N][,mac=MAC]`.
@@ -70,6 +75,46 @@ pub struct RouterArgs {
     /// Do not ask the TAPs for checksum and TCP segmentation offload.
     #[arg(long)]
     pub no_offload: bool,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+}
+
+/// The control socket and packet captures of `host` and `router`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ObserveArgs {
+    /// The control socket `ustack ctl` talks to (a Unix socket, mode 0600, removed on
+    /// exit; refused if a running process answers on it). Default:
+    /// /run/ustack/host-TAP.ctl or /run/ustack/router-TAP.ctl (TAP: the first one), with
+    /// @NETNS before .ctl outside the initial network namespace.
+    #[arg(long, value_name = "PATH")]
+    pub ctl: Option<PathBuf>,
+    /// Capture what each TAP receives and sends into DIR/TAP.pcap (classic pcap,
+    /// Ethernet, as tcpdump -w writes; tcpdump -r and tshark read it).
+    #[arg(long, value_name = "DIR")]
+    pub pcap: Option<PathBuf>,
+    /// Stop writing a capture file at this size, counting what is left out (K, M, G:
+    /// KiB, MiB, GiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size,
+          default_value_t = crate::pcap::DEFAULT_LIMIT,
+        requires = "pcap")]
+    pub pcap_limit: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// The control socket (default: the one ustack socket under /run/ustack for this
+    /// network namespace).
+    #[arg(long, value_name = "PATH")]
+    pub ctl: Option<PathBuf>,
+    /// What to ask: addr | link | route | route add|del PREFIX [via GW] [dev NAME]
+    /// [metric N] | neigh | neigh flush [dev NAME] | stats [-z] | help.
+    #[arg(
+        value_name = "REQUEST",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub request: Vec<String>,
 }
 
 /// How ustack joins the link: which TAP, which address.
@@ -126,6 +171,8 @@ pub struct HostArgs {
     /// Do not serve HTTP on port 80.
     #[arg(long)]
     pub no_http: bool,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 #[derive(Args, Debug)]
@@ -258,6 +305,26 @@ pub fn parse_prefix(s: &str) -> Result<(Ipv4Addr, u8), String> {
         ));
     }
     Ok((addr, len))
+}
+
+/// `67108864`, `64K`, `64M`, `1G` (binary multiples) -> bytes; at least a pcap header.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("\"{s}\" is not a size in bytes like 67108864, 512K, 64M or 1G");
+    let (digits, shift) = match s.as_bytes().last().map(u8::to_ascii_uppercase) {
+        Some(b'K') => (&s[..s.len() - 1], 10),
+        Some(b'M') => (&s[..s.len() - 1], 20),
+        Some(b'G') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(1 << shift).ok_or_else(bad)?;
+    if bytes < crate::pcap::HEADER_LEN as u64 {
+        return Err(format!(
+            "{s} bytes cannot hold even the {}-byte pcap file header",
+            crate::pcap::HEADER_LEN
+        ));
+    }
+    Ok(bytes)
 }
 
 pub fn parse_impair(s: &str) -> Result<ImpairConfig, String> {
@@ -485,5 +552,95 @@ mod tests {
         };
         assert!(!host(&[]));
         assert!(host(&["--no-http"]));
+    }
+
+    #[test]
+    fn ctl_takes_the_request_words() {
+        let ctl = |args: &[&str]| {
+            let mut v = vec!["ustack", "ctl"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).unwrap().command {
+                Command::Ctl(c) => (c.ctl, c.request),
+                _ => panic!("ctl expected"),
+            }
+        };
+        assert_eq!(ctl(&["route"]), (None, vec!["route".to_owned()]));
+        assert_eq!(
+            ctl(&[
+                "--ctl",
+                "/tmp/x.ctl",
+                "route",
+                "add",
+                "default",
+                "via",
+                "192.0.2.254"
+            ]),
+            (
+                Some(PathBuf::from("/tmp/x.ctl")),
+                ["route", "add", "default", "via", "192.0.2.254"]
+                    .map(String::from)
+                    .to_vec()
+            )
+        );
+        // `stats -z`: the flag is the request's, not ustack's.
+        assert_eq!(ctl(&["stats", "-z"]).1, ["stats", "-z"].map(String::from));
+        assert!(Cli::try_parse_from(["ustack", "ctl"]).is_err());
+    }
+
+    #[test]
+    fn host_and_router_take_ctl_and_pcap() {
+        let cli = Cli::try_parse_from([
+            "ustack",
+            "host",
+            "--tap",
+            "t0",
+            "--addr",
+            "192.0.2.2/24",
+            "--ctl",
+            "/tmp/h.ctl",
+            "--pcap",
+            "/tmp/cap",
+            "--pcap-limit",
+            "1M",
+        ])
+        .unwrap();
+        let Command::Host(h) = cli.command else {
+            panic!("host expected")
+        };
+        assert_eq!(
+            h.observe,
+            ObserveArgs {
+                ctl: Some("/tmp/h.ctl".into()),
+                pcap: Some("/tmp/cap".into()),
+                pcap_limit: 1 << 20,
+            }
+        );
+        let cli =
+            Cli::try_parse_from(["ustack", "router", "--iface", "tap0=192.0.2.1/24"]).unwrap();
+        let Command::Router(r) = cli.command else {
+            panic!("router expected")
+        };
+        assert_eq!(
+            r.observe,
+            ObserveArgs {
+                ctl: None,
+                pcap: None,
+                pcap_limit: 64 << 20,
+            }
+        );
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("67108864"), Ok(64 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("10")
+            .unwrap_err()
+            .contains("24-byte pcap file header"));
+        assert!(parse_size("64MB").unwrap_err().contains("like 67108864"));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
     }
 }

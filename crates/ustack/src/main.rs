@@ -3,10 +3,13 @@
 //! `ustack host` answers ARP and ping, runs UDP echo and discard, TCP echo, discard and
 //! chargen (see `services`) and HTTP on port 80 (see `http`) until SIGINT/SIGTERM and
 //! prints its counters on the way out; `ustack ping` sends echo requests from our stack
-//! like ping(8); `ustack router` forwards between several TAPs (see `router`).
+//! like ping(8); `ustack router` forwards between several TAPs (see `router`). Both serve
+//! `ustack ctl` on a control socket (see `ctl`) and capture with `--pcap DIR` (see `pcap`).
 
 mod cli;
+mod ctl;
 mod http;
+mod pcap;
 mod ping;
 mod router;
 mod services;
@@ -36,6 +39,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in a log file or a test's capture.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // One line per stage a packet enters (`USTACK_LOG=stack_core=trace`), so the
         // path ip_rcv -> ip_local_deliver -> icmp_rcv ... is visible as it happens.
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
         Command::Host(args) => rt.block_on(host(args)),
         Command::Ping(args) => rt.block_on(ping::run(args)),
         Command::Router(args) => rt.block_on(router::run(args)),
+        Command::Ctl(args) => rt.block_on(ctl::client(args)),
     }
 }
 
@@ -73,6 +79,13 @@ async fn host(args: HostArgs) -> ExitCode {
     if let Some(imp) = &args.link.impair {
         eprintln!("ustack: link impaired both ways: {imp:?}");
     }
+    let observers = match ctl::observe(&handle, &args.observe, "host").await {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("ustack: {msg}");
+            return ExitCode::from(1);
+        }
+    };
     let which = services::Services {
         udp_echo: !args.no_udp_echo,
         udp_discard: !args.no_udp_discard,
@@ -111,6 +124,7 @@ async fn host(args: HostArgs) -> ExitCode {
         eprintln!("ustack: cannot wait for signals: {e}");
         return ExitCode::from(1);
     }
+    observers.finish().await;
     match cli::counters(&handle).await {
         Ok(text) => print!("{text}"),
         Err(e) => {

@@ -72,10 +72,18 @@ pub async fn run(args: RouterArgs) -> ExitCode {
     if let Some(imp) = &args.impair {
         eprintln!("ustack: every link impaired both ways: {imp:?}");
     }
+    let observers = match crate::ctl::observe(&handle, &args.observe, "router").await {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("ustack: {msg}");
+            return ExitCode::from(1);
+        }
+    };
     if let Err(e) = crate::wait_for_signal().await {
         eprintln!("ustack: cannot wait for signals: {e}");
         return ExitCode::from(1);
     }
+    observers.finish().await;
     match cli::counters(&handle).await {
         Ok(text) => print!("{text}"),
         Err(e) => {
