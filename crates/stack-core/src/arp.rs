@@ -40,10 +40,10 @@ impl Stack {
     /// weak host model), learn the sender on the device it came from.
     #[tracing::instrument(level = "trace", name = "arp_process", skip_all)]
     fn arp_process(&mut self, dev: DeviceId, pkt_type: PktType, arp: ArpRepr) {
-        let Some(our_mac) = self.devs.get(dev).map(|d| d.mac) else {
+        let Some(our_mac) = self.link.devs.get(dev).map(|d| d.mac) else {
             return;
         };
-        if self.fib.is_local(arp.sender_ip) {
+        if self.ipv4.fib.is_local(arp.sender_ip) {
             // Someone claims one of our addresses (or it is our own frame looped back).
             if arp.sender_mac != our_mac {
                 self.snmp.arp.in_errors += 1;
@@ -58,10 +58,10 @@ impl Stack {
         match arp.op {
             ArpOp::Request => {
                 self.snmp.arp.in_requests += 1;
-                let for_us = self.fib.is_local(arp.target_ip);
+                let for_us = self.ipv4.fib.is_local(arp.target_ip);
                 if for_us && !arp.sender_ip.is_unspecified() {
                     // The asker will talk to us: remember it (neigh_event_ns), STALE.
-                    self.neigh.update(
+                    self.link.neigh.update(
                         self.now,
                         dev,
                         arp.sender_ip,
@@ -72,7 +72,7 @@ impl Stack {
                     );
                 } else if !arp.sender_ip.is_unspecified() {
                     // Gratuitous or for someone else: refresh only what we know.
-                    self.neigh.update(
+                    self.link.neigh.update(
                         self.now,
                         dev,
                         arp.sender_ip,
@@ -99,7 +99,7 @@ impl Stack {
                 // A reply unicast to us answers our probe and confirms reachability;
                 // a broadcast one only refreshes (arp_process: NUD_REACHABLE vs STALE).
                 let solicited = pkt_type == PktType::Host;
-                self.neigh.update(
+                self.link.neigh.update(
                     self.now,
                     dev,
                     arp.sender_ip,
@@ -157,7 +157,7 @@ impl Stack {
         eth_dst: MacAddr,
         target_mac: MacAddr,
     ) {
-        let Some(sender_mac) = self.devs.get(dev).map(|d| d.mac) else {
+        let Some(sender_mac) = self.link.devs.get(dev).map(|d| d.mac) else {
             return;
         };
         let repr = ArpRepr {

@@ -14,10 +14,11 @@ use std::net::Ipv4Addr;
 
 use crate::gso;
 use crate::ipv4::route::prefix_mask;
+use crate::neigh::NeighTable;
 use crate::qdisc::PfifoFast;
 use crate::skb::{IpSummed, PktType, Skb};
 use crate::snmp::DevStats;
-use crate::stack::{Offloads, Stack};
+use crate::stack::Stack;
 use crate::wire::ethernet::{self, ethertype, EthernetFrame, EthernetRepr};
 use crate::wire::MacAddr;
 
@@ -28,8 +29,30 @@ pub const GSO_MAX_SIZE: usize = 65535;
 /// Default TX ring size in frames.
 pub const DEFAULT_TX_RING: usize = 256;
 
+/// ifindex of the loopback device, as in Linux (`skb.ifindex` of looped-back packets).
+pub const LOOPBACK_IFINDEX: u32 = DeviceId::LOOPBACK.0;
+
 /// The loopback device's MTU, as Linux's `lo` (`LOOPBACK_MTU`).
 pub const LOOPBACK_MTU: usize = 65536;
+
+/// Device offloads (`NETIF_F_*`), as the driver negotiated them with the device (for a
+/// TAP: `IFF_VNET_HDR` + `TUNSETOFFLOAD`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// `NETIF_F_HW_CSUM`: the device fills in TCP checksums of `CHECKSUM_PARTIAL` skbs.
+    pub csum: bool,
+    /// `NETIF_F_TSO`: the device cuts TCP super-packets (`gso_size` set) into segments.
+    /// Needs `csum`, as in the kernel (`netdev_fix_features`).
+    pub tso: bool,
+}
+
+impl Offloads {
+    /// What a driver that has both may ask for.
+    pub const ALL: Offloads = Offloads {
+        csum: true,
+        tso: true,
+    };
+}
 
 /// A device of a stack, by its interface index (`dev->ifindex`). Indices are never
 /// reused while the stack runs, as in Linux.
@@ -257,6 +280,26 @@ impl NetDevice {
     }
 }
 
+/// The link layer's state: the devices, one ARP table for all of them (keyed by device
+/// and address, as `arp_tbl`), and the loopback device's receive backlog.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub devs: Devices,
+    pub neigh: NeighTable,
+    /// Packets `loopback_xmit` queued for `process_backlog`.
+    pub backlog: VecDeque<Skb>,
+}
+
+impl Link {
+    pub fn new(neigh: NeighTable) -> Link {
+        Link {
+            devs: Devices::new(),
+            neigh,
+            backlog: VecDeque::new(),
+        }
+    }
+}
+
 /// The device table (`dev_base_head` and the ifindex hash of one netns).
 #[derive(Debug)]
 pub struct Devices {
@@ -325,20 +368,20 @@ impl Stack {
     /// Register an Ethernet device (`register_netdevice`); it gets the next ifindex.
     /// It has no address until [`Stack::addr_add`] gives it one.
     pub fn add_device(&mut self, cfg: NetDeviceConfig) -> DeviceId {
-        let id = self.devs.register(DeviceKind::Ethernet, cfg);
+        let id = self.link.devs.register(DeviceKind::Ethernet, cfg);
         // A route cached before may now have a better device.
-        self.fib.touch();
+        self.ipv4.fib.touch();
         id
     }
 
     /// The device table.
     pub fn devices(&self) -> &Devices {
-        &self.devs
+        &self.link.devs
     }
 
     /// One device. Panics on an id this stack never gave out (a driver bug).
     pub fn device(&self, id: DeviceId) -> &NetDevice {
-        self.devs.get(id).expect("a DeviceId from this stack")
+        self.link.devs.get(id).expect("a DeviceId from this stack")
     }
 
     /// `dev_set_mtu` (`ip link set DEV mtu N`): cached routes pick up the new MTU.
@@ -347,8 +390,8 @@ impl Stack {
         if !(68..=65535).contains(&mtu) {
             return Err(DevError::Invalid);
         }
-        self.devs.get_mut(id).ok_or(DevError::NoDevice)?.mtu = mtu;
-        self.fib.touch();
+        self.link.devs.get_mut(id).ok_or(DevError::NoDevice)?.mtu = mtu;
+        self.ipv4.fib.touch();
         Ok(())
     }
 
@@ -364,7 +407,7 @@ impl Stack {
         self.now = now;
         skb.tstamp = now;
         skb.ifindex = dev.0;
-        let Some(d) = self.devs.get_mut(dev) else {
+        let Some(d) = self.link.devs.get_mut(dev) else {
             tracing::warn!(%dev, "drop: frame for a device the stack does not have");
             return;
         };
@@ -432,7 +475,7 @@ impl Stack {
         dst: MacAddr,
         proto: u16,
     ) {
-        let Some(d) = self.devs.get_mut(dev) else {
+        let Some(d) = self.link.devs.get_mut(dev) else {
             return;
         };
         let repr = EthernetRepr {
@@ -462,7 +505,7 @@ impl Stack {
     #[tracing::instrument(level = "trace", name = "dev_queue_xmit", skip_all, fields(dev = dev.0, len = skb.len()))]
     pub(crate) fn dev_queue_xmit(&mut self, dev: DeviceId, skb: Skb) {
         debug_assert!(skb.len() >= ethernet::HEADER_LEN);
-        let Some(d) = self.devs.get_mut(dev) else {
+        let Some(d) = self.link.devs.get_mut(dev) else {
             return;
         };
         let partial = matches!(skb.ip_summed, IpSummed::Partial { .. });
@@ -493,7 +536,7 @@ impl Stack {
 
     /// One wire-ready frame onto `dev`'s taps and qdisc (`__dev_xmit_skb`).
     fn dev_queue_xmit_one(&mut self, dev: DeviceId, mut skb: Skb) {
-        let Some(d) = self.devs.get_mut(dev) else {
+        let Some(d) = self.link.devs.get_mut(dev) else {
             return;
         };
         skb.reset_mac_header();
@@ -520,14 +563,14 @@ impl Stack {
     /// frame each. Wakes a stopped queue once a quarter of its ring is free.
     pub fn poll_transmit(&mut self, now: crate::time::Instant) -> Option<(DeviceId, Skb)> {
         self.now = now;
-        let n = self.devs.slots.len();
+        let n = self.link.devs.slots.len();
         for i in 0..n {
-            let at = (self.devs.tx_cursor + i) % n;
-            let Some(Some(d)) = self.devs.slots.get_mut(at) else {
+            let at = (self.link.devs.tx_cursor + i) % n;
+            let Some(Some(d)) = self.link.devs.slots.get_mut(at) else {
                 continue;
             };
             if let Some(skb) = dev_xmit_one(d) {
-                self.devs.tx_cursor = at + 1;
+                self.link.devs.tx_cursor = at + 1;
                 return Some((d.id, skb));
             }
         }
@@ -537,18 +580,18 @@ impl Stack {
     /// The next frame for `dev`'s wire only, for a driver that runs a loop per device.
     pub fn poll_transmit_dev(&mut self, now: crate::time::Instant, dev: DeviceId) -> Option<Skb> {
         self.now = now;
-        dev_xmit_one(self.devs.get_mut(dev)?)
+        dev_xmit_one(self.link.devs.get_mut(dev)?)
     }
 
     /// Frames waiting in qdiscs and on TX rings, all devices together.
     pub fn tx_pending(&self) -> usize {
-        self.devs.iter().map(NetDevice::tx_pending).sum()
+        self.link.devs.iter().map(NetDevice::tx_pending).sum()
     }
 
     /// Open a packet tap on `dev` that sees every frame in both directions (like
     /// tcpdump's AF_PACKET socket), keeping at most `capacity` frames until read.
     pub fn packet_tap_open(&mut self, dev: DeviceId, capacity: usize) -> Option<TapId> {
-        let d = self.devs.get_mut(dev)?;
+        let d = self.link.devs.get_mut(dev)?;
         d.taps.push(PacketTap {
             ring: VecDeque::with_capacity(capacity.min(1024)),
             capacity,
@@ -560,7 +603,8 @@ impl Stack {
     /// The next captured frame of a tap (`data` at the Ethernet header; `pkt_type` tells
     /// the direction).
     pub fn packet_tap_recv(&mut self, tap: TapId) -> Option<Skb> {
-        self.devs
+        self.link
+            .devs
             .get_mut(tap.0)?
             .taps
             .get_mut(tap.1)?
@@ -569,7 +613,8 @@ impl Stack {
     }
 
     pub fn packet_tap_drops(&self, tap: TapId) -> u64 {
-        self.devs
+        self.link
+            .devs
             .get(tap.0)
             .and_then(|d| d.taps.get(tap.1))
             .map_or(0, |t| t.drops)

@@ -4,10 +4,11 @@
 
 use std::net::Ipv4Addr;
 
+use crate::dev::LOOPBACK_IFINDEX;
 use crate::ipv4::route::RouteType;
 use crate::ipv4::{IpParams, DEFAULT_TTL};
 use crate::skb::{PktType, Skb};
-use crate::stack::{Stack, LOOPBACK_IFINDEX};
+use crate::stack::Stack;
 use crate::time::{Duration, Instant};
 use crate::wire::checksum;
 use crate::wire::icmpv4::{self, msg_type, Icmpv4Packet, Icmpv4Repr};
@@ -130,7 +131,7 @@ impl Stack {
         if broadcast {
             // RFC 1122 3.2.2.6: echo to a broadcast address may be ignored (Linux's
             // default); nothing but queries is accepted on broadcast (icmp_rcv).
-            if self.icmp.echo_ignore_broadcasts || t != msg_type::ECHO_REQUEST {
+            if self.ipv4.icmp.echo_ignore_broadcasts || t != msg_type::ECHO_REQUEST {
                 return;
             }
         }
@@ -247,7 +248,7 @@ impl Stack {
         if skb_in.pkt_type != PktType::Host
             || dst.is_broadcast()
             || dst.is_multicast()
-            || self.fib.is_broadcast(dst)
+            || self.ipv4.fib.is_broadcast(dst)
         {
             return;
         }
@@ -276,11 +277,12 @@ impl Stack {
             && rt.rtype != RouteType::Local
             && skb_in.ifindex != LOOPBACK_IFINDEX
         {
-            if !self.icmp.global_allow(self.now) {
+            if !self.ipv4.icmp.global_allow(self.now) {
                 self.snmp.icmp.out_rate_limit_global += 1;
                 return;
             }
             if !self
+                .ipv4
                 .peers
                 .get(self.now, src)
                 .xrlim_allow(self.now, HOST_INTERVAL.as_micros() as u64)
@@ -291,7 +293,11 @@ impl Stack {
         }
         // Source: the address the offending packet was sent to if it is ours, else
         // the address of the outgoing route (inet_select_addr).
-        let our_src = if self.fib.is_local(dst) { dst } else { rt.src };
+        let our_src = if self.ipv4.fib.is_local(dst) {
+            dst
+        } else {
+            rt.src
+        };
         let quote_len = nh
             .len()
             .min(usize::from(iph.total_len()))

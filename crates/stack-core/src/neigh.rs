@@ -210,7 +210,8 @@ impl NeighTable {
 
     /// `neigh_resolve_output`: send `skb` (`data` at the network header) to `nexthop`,
     /// resolving its address first if needed.
-    pub fn resolve_output(
+    #[tracing::instrument(level = "trace", name = "neigh_resolve_output", skip_all, fields(dev = dev.0, %nexthop))]
+    pub fn neigh_resolve_output(
         &mut self,
         now: Instant,
         dev: DeviceId,
@@ -506,8 +507,8 @@ mod tests {
     fn first_packet_is_queued_and_flushed_on_reply() {
         let mut t = table();
         let mut out = Vec::new();
-        t.resolve_output(Instant::ZERO, D, IP, pkt(1), &mut out);
-        t.resolve_output(Instant::from_millis(1), D, IP, pkt(2), &mut out);
+        t.neigh_resolve_output(Instant::ZERO, D, IP, pkt(1), &mut out);
+        t.neigh_resolve_output(Instant::from_millis(1), D, IP, pkt(2), &mut out);
         assert_eq!(solicits(&out), vec![None], "one broadcast probe");
         assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Incomplete);
         assert_eq!(t.unres_qlen(), 2);
@@ -526,7 +527,7 @@ mod tests {
         assert_eq!(sent, vec![1, 2], "queued packets leave in order");
         assert_eq!(t.lookup(D, IP), Some((NudState::Reachable, Some(MAC))));
         out.clear();
-        t.resolve_output(Instant::from_millis(4), D, IP, pkt(3), &mut out);
+        t.neigh_resolve_output(Instant::from_millis(4), D, IP, pkt(3), &mut out);
         assert!(matches!(&out[..], [NeighAction::Xmit { .. }]));
     }
 
@@ -534,7 +535,7 @@ mod tests {
     fn incomplete_fails_after_three_probes_and_reports_queued_packets() {
         let mut t = table();
         let mut out = Vec::new();
-        t.resolve_output(Instant::ZERO, D, IP, pkt(7), &mut out);
+        t.neigh_resolve_output(Instant::ZERO, D, IP, pkt(7), &mut out);
         advance(&mut t, Instant::ZERO, Instant::from_millis(2900), &mut out);
         assert_eq!(
             solicits(&out),
@@ -555,7 +556,7 @@ mod tests {
         assert_eq!(t.unres_qlen(), 0);
         // Using a failed entry starts a new resolution.
         out.clear();
-        t.resolve_output(Instant::from_secs(4), D, IP, pkt(8), &mut out);
+        t.neigh_resolve_output(Instant::from_secs(4), D, IP, pkt(8), &mut out);
         assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Incomplete);
         assert_eq!(solicits(&out), vec![None]);
     }
@@ -572,7 +573,7 @@ mod tests {
         );
         let mut out = Vec::new();
         for i in 0..10 {
-            t.resolve_output(Instant::from_millis(i), D, IP, pkt(i as u8), &mut out);
+            t.neigh_resolve_output(Instant::from_millis(i), D, IP, pkt(i as u8), &mut out);
         }
         assert_eq!(t.unres_qlen(), 3);
         assert_eq!(t.stats.unresolved_discards, 7);
@@ -593,7 +594,7 @@ mod tests {
     fn reachable_stale_delay_probe_failed() {
         let mut t = table();
         let mut out = Vec::new();
-        t.resolve_output(Instant::ZERO, D, IP, pkt(0), &mut out);
+        t.neigh_resolve_output(Instant::ZERO, D, IP, pkt(0), &mut out);
         t.update(Instant::ZERO, D, IP, MAC, true, false, &mut out);
         out.clear();
         let rt = t.reachable_time;
@@ -604,7 +605,7 @@ mod tests {
         assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Stale);
         assert!(out.is_empty(), "no probes for an idle entry");
         // Sending through a stale entry goes out at once and arms DELAY.
-        t.resolve_output(after, D, IP, pkt(1), &mut out);
+        t.neigh_resolve_output(after, D, IP, pkt(1), &mut out);
         assert!(matches!(&out[..], [NeighAction::Xmit { .. }]));
         assert_eq!(t.lookup(D, IP).unwrap().0, NudState::Delay);
         out.clear();
@@ -630,7 +631,7 @@ mod tests {
         let mut out = Vec::new();
         t.update(Instant::ZERO, D, IP, MAC, false, true, &mut out);
         assert_eq!(t.lookup(D, IP), Some((NudState::Stale, Some(MAC))));
-        t.resolve_output(Instant::from_secs(1), D, IP, pkt(1), &mut out);
+        t.neigh_resolve_output(Instant::from_secs(1), D, IP, pkt(1), &mut out);
         advance(
             &mut t,
             Instant::from_secs(1),
@@ -659,7 +660,7 @@ mod tests {
             t.lookup(D, IP).is_none(),
             "arp_accept=0: no entry from gratuitous ARP"
         );
-        t.resolve_output(Instant::ZERO, D, IP, pkt(0), &mut out);
+        t.neigh_resolve_output(Instant::ZERO, D, IP, pkt(0), &mut out);
         t.update(Instant::ZERO, D, IP, MAC, true, false, &mut out);
         let other = MacAddr([2, 0, 0, 0, 0, 9]);
         t.update(Instant::from_secs(1), D, IP, other, false, false, &mut out);
@@ -678,7 +679,7 @@ mod tests {
         );
         let mut out = Vec::new();
         for i in 0..4u8 {
-            t.resolve_output(
+            t.neigh_resolve_output(
                 Instant::ZERO,
                 D,
                 Ipv4Addr::new(192, 0, 2, 10 + i),
@@ -687,7 +688,7 @@ mod tests {
             );
         }
         // All four are INCOMPLETE with queued packets: nothing can be evicted.
-        t.resolve_output(
+        t.neigh_resolve_output(
             Instant::ZERO,
             D,
             Ipv4Addr::new(192, 0, 2, 99),
@@ -698,7 +699,7 @@ mod tests {
         assert_eq!(t.stats.table_fulls, 1);
         // Once they fail, they can be evicted for new entries, and GC removes them.
         advance(&mut t, Instant::ZERO, Instant::from_secs(4), &mut out);
-        t.resolve_output(
+        t.neigh_resolve_output(
             Instant::from_secs(4),
             D,
             Ipv4Addr::new(192, 0, 2, 99),
@@ -725,8 +726,8 @@ mod tests {
         let mut t = table();
         let mut out = Vec::new();
         let d3 = DeviceId(3);
-        t.resolve_output(Instant::ZERO, D, IP, pkt(1), &mut out);
-        t.resolve_output(Instant::ZERO, d3, IP, pkt(2), &mut out);
+        t.neigh_resolve_output(Instant::ZERO, D, IP, pkt(1), &mut out);
+        t.neigh_resolve_output(Instant::ZERO, d3, IP, pkt(2), &mut out);
         let probes: Vec<DeviceId> = out
             .iter()
             .filter_map(|a| match a {

@@ -115,17 +115,17 @@ impl Stack {
     pub fn ping_open(&mut self) -> SocketId {
         let ident = loop {
             let candidate = self.rng.next_u32() as u16;
-            if !self.ping.by_ident.contains_key(&candidate) {
+            if !self.sk.ping.by_ident.contains_key(&candidate) {
                 break candidate;
             }
         };
-        let key = self.socks.insert(Sock::Ping(PingSock {
+        let key = self.sk.socks.insert(Sock::Ping(PingSock {
             ident,
             rcvq: VecDeque::new(),
             signalled: false,
             drops: 0,
         }));
-        self.ping.by_ident.insert(ident, key);
+        self.sk.ping.by_ident.insert(ident, key);
         SocketId(key)
     }
 
@@ -140,8 +140,8 @@ impl Stack {
 
     pub fn ping_close(&mut self, id: SocketId) {
         if let Some(ident) = self.ping_ident(id) {
-            self.socks.remove(id.0);
-            self.ping.by_ident.remove(&ident);
+            self.sk.socks.remove(id.0);
+            self.sk.ping.by_ident.remove(&ident);
         }
     }
 
@@ -253,7 +253,7 @@ impl Stack {
     }
 
     fn ping_queue(&mut self, ident: u16, msg: PingMsg) {
-        let Some(&key) = self.ping.by_ident.get(&ident) else {
+        let Some(&key) = self.sk.ping.by_ident.get(&ident) else {
             tracing::trace!(ident, "drop: no ping socket for identifier");
             return;
         };
@@ -267,7 +267,7 @@ impl Stack {
         s.rcvq.push_back(msg);
         if !s.signalled {
             s.signalled = true;
-            self.events.push_back(Event::Readable(SocketId(key)));
+            self.sk.events.push_back(Event::Readable(SocketId(key)));
         }
     }
 }

@@ -6,30 +6,25 @@
 //! [`Stack::poll_timeout`] says so, and reacts to [`Stack::poll_event`]. Every entry point
 //! takes `now`; nothing inside reads a clock.
 
-use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
-use crate::dev::{DeviceId, Devices, IfAddr, NetDeviceConfig};
-use crate::icmp::IcmpState;
-use crate::inetpeer::InetPeers;
-use crate::ipv4::defrag::{Defrag, DefragParms};
+use crate::dev::{DeviceId, IfAddr, Link, NetDeviceConfig};
 use crate::ipv4::route::{Fib, FibEntry, Table};
-use crate::ipv4::Ipv4Conf;
+use crate::ipv4::{Ipv4, Ipv4Conf};
 use crate::neigh::{NeighParms, NeighTable};
 use crate::netfilter::Netfilter;
-use crate::ping::PingTable;
 use crate::rand::Rng;
-use crate::skb::{Skb, SkbPool};
+use crate::skb::SkbPool;
 use crate::snmp::Snmp;
-use crate::sock::Sock;
-use crate::tcp::TcpTable;
+use crate::sock::Transport;
 use crate::time::Instant;
-use crate::udp::UdpTable;
 use crate::wire::MacAddr;
-use slab::Slab;
 
-/// ifindex of the loopback device, as in Linux.
-pub const LOOPBACK_IFINDEX: u32 = DeviceId::LOOPBACK.0;
+// Where these types live now; re-exported here, where callers have always found them.
+pub use crate::dev::Offloads;
+pub use crate::sock::{Event, SocketId};
+
+pub use crate::dev::LOOPBACK_IFINDEX;
 
 /// What a host is: one Ethernet device (`eth0`, [`DeviceId::ETH0`]) with one address,
 /// and perhaps a default route. [`Stack::new`] builds it; a router builds its devices
@@ -47,25 +42,6 @@ pub struct StackConfig {
     /// What the device does for us (`dev->features`); none by default, so a stack on a
     /// plain link computes every checksum and sends wire-size frames.
     pub offloads: Offloads,
-}
-
-/// Device offloads (`NETIF_F_*`), as the driver negotiated them with the device (for a
-/// TAP: `IFF_VNET_HDR` + `TUNSETOFFLOAD`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Offloads {
-    /// `NETIF_F_HW_CSUM`: the device fills in TCP checksums of `CHECKSUM_PARTIAL` skbs.
-    pub csum: bool,
-    /// `NETIF_F_TSO`: the device cuts TCP super-packets (`gso_size` set) into segments.
-    /// Needs `csum`, as in the kernel (`netdev_fix_features`).
-    pub tso: bool,
-}
-
-impl Offloads {
-    /// What a driver that has both may ask for.
-    pub const ALL: Offloads = Offloads {
-        csum: true,
-        tso: true,
-    };
 }
 
 impl StackConfig {
@@ -89,59 +65,38 @@ impl StackConfig {
     }
 }
 
-/// Handle of a socket inside the stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SocketId(pub usize);
-
-/// Something the driver must act on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A socket has messages to read (`sk_data_ready`).
-    Readable(SocketId),
-    /// A socket can send again, or finished connecting (`sk_write_space`).
-    Writable(SocketId),
-}
-
+/// One network namespace (`struct net`): each layer's state in a struct of its own, as
+/// the kernel keeps `net->ipv4`, `net->nf` and the device list apart. This file only
+/// wires them together; the protocol logic lives in the layers' modules.
 pub struct Stack {
-    /// `net.ipv4.*` settings of the namespace.
-    pub(crate) conf: Ipv4Conf,
-    pub(crate) pool: SkbPool,
-    pub(crate) rng: Rng,
     /// The `now` of the entry point being run (the kernel's `jiffies`).
     pub(crate) now: Instant,
+    pub(crate) rng: Rng,
+    /// Buffers for everything the stack builds (and the driver's RX buffers).
+    pub(crate) pool: SkbPool,
     pub(crate) snmp: Snmp,
-    /// The device table (`lo` and the Ethernet devices).
-    pub(crate) devs: Devices,
-    /// The ARP table of every device, keyed by (device, address) like `arp_tbl`.
-    pub(crate) neigh: NeighTable,
-    pub(crate) fib: Fib,
+    /// The link layer: devices, the ARP table, `lo`'s backlog (dev.rs, neigh.rs,
+    /// arp.rs).
+    pub(crate) link: Link,
+    /// IPv4: settings, FIB, reassembly, IP IDs, ICMP and per-peer limits (ipv4/,
+    /// icmp.rs, inetpeer.rs).
+    pub(crate) ipv4: Ipv4,
+    /// The netfilter hooks (netfilter.rs).
     pub(crate) nf: Netfilter,
-    pub(crate) icmp: IcmpState,
-    /// Per-peer rate-limiter state (`net->ipv4.peers`): ICMP errors, `ip_error`,
-    /// redirects.
-    pub(crate) peers: InetPeers,
-    /// Every socket, all protocols (`struct sock`s).
-    pub(crate) socks: Slab<Sock>,
-    pub(crate) ping: PingTable,
-    pub(crate) udp: UdpTable,
-    pub(crate) tcp: TcpTable,
-    pub(crate) ip_ident: u16,
-    /// IPv4 reassembly queues (`ipq`s).
-    pub(crate) defrag: Defrag,
-    /// The loopback device's receive backlog.
-    pub(crate) backlog: VecDeque<Skb>,
-    pub(crate) events: VecDeque<Event>,
+    /// The transport layer: every socket and the protocols' tables (sock.rs, ping.rs,
+    /// udp.rs, tcp/).
+    pub(crate) sk: Transport,
 }
 
 impl core::fmt::Debug for Stack {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Stack")
-            .field("conf", &self.conf)
+            .field("conf", &self.ipv4.conf)
             .field(
                 "devices",
-                &self.devs.iter().map(|d| &d.name).collect::<Vec<_>>(),
+                &self.link.devs.iter().map(|d| &d.name).collect::<Vec<_>>(),
             )
-            .field("neigh", &self.neigh.len())
+            .field("neigh", &self.link.neigh.len())
             .field("tx_pending", &self.tx_pending())
             .finish()
     }
@@ -178,7 +133,7 @@ impl Stack {
         if let Some(gw) = config.gateway {
             // Installed as given (`onlink`): a host's gateway is trusted to be on the link.
             let route = FibEntry::unicast(Ipv4Addr::UNSPECIFIED, 0, Some(gw), eth0);
-            if let Err(err) = stack.fib.insert(Table::Main, route) {
+            if let Err(err) = stack.ipv4.fib.insert(Table::Main, route) {
                 tracing::warn!(?err, %gw, "default route not installed");
             }
         }
@@ -191,26 +146,16 @@ impl Stack {
     pub fn with_conf(conf: Ipv4Conf, now: Instant, seed: u64) -> Stack {
         let mut rng = Rng::new(seed);
         let neigh_seed = rng.next_u64();
+        let ip_ident = rng.next_u32() as u16;
         let mut stack = Stack {
-            conf,
-            pool: SkbPool::default(),
-            ip_ident: rng.next_u32() as u16,
-            rng,
             now,
+            rng,
+            pool: SkbPool::default(),
             snmp: Snmp::default(),
-            devs: Devices::new(),
-            neigh: NeighTable::new(NeighParms::default(), now, neigh_seed),
-            fib: Fib::default(),
+            link: Link::new(NeighTable::new(NeighParms::default(), now, neigh_seed)),
+            ipv4: Ipv4::new(conf, now, ip_ident),
             nf: Netfilter::default(),
-            icmp: IcmpState::new(now),
-            peers: InetPeers::default(),
-            socks: Slab::new(),
-            defrag: Defrag::new(DefragParms::default()),
-            ping: PingTable::default(),
-            udp: UdpTable::default(),
-            tcp: TcpTable::default(),
-            backlog: VecDeque::new(),
-            events: VecDeque::new(),
+            sk: Transport::default(),
         };
         stack.tcp_init_table();
         stack
@@ -218,12 +163,12 @@ impl Stack {
 
     /// The `net.ipv4` settings in force.
     pub fn conf(&self) -> &Ipv4Conf {
-        &self.conf
+        &self.ipv4.conf
     }
 
     /// Change `net.ipv4` settings (`sysctl -w`), e.g. turn forwarding on.
     pub fn conf_mut(&mut self) -> &mut Ipv4Conf {
-        &mut self.conf
+        &mut self.ipv4.conf
     }
 
     /// The pool that RX buffers should come from.
@@ -232,26 +177,26 @@ impl Stack {
     }
 
     pub fn fib(&self) -> &Fib {
-        &self.fib
+        &self.ipv4.fib
     }
 
     pub fn fib_mut(&mut self) -> &mut Fib {
-        &mut self.fib
+        &mut self.ipv4.fib
     }
 
     pub fn neigh(&self) -> &NeighTable {
-        &self.neigh
+        &self.link.neigh
     }
 
     /// `ip neigh flush [dev DEV]`: forget the ARP entries (of `dev`); packets waiting for
     /// resolution are dropped and counted. Returns how many entries went.
     pub fn neigh_flush(&mut self, dev: Option<DeviceId>) -> usize {
-        self.neigh.flush(dev)
+        self.link.neigh.flush(dev)
     }
 
     /// The rate-limiter state kept for peer `addr` (`inet_peer`), if any.
     pub fn inet_peer(&self, addr: Ipv4Addr) -> Option<crate::inetpeer::InetPeer> {
-        self.peers.lookup(addr).copied()
+        self.ipv4.peers.lookup(addr).copied()
     }
 
     /// The netfilter hooks, to register rules on.
@@ -262,22 +207,22 @@ impl Stack {
     /// All counters, with the neighbour table's gauges filled in.
     pub fn snmp(&self) -> Snmp {
         let mut s = self.snmp.clone();
-        s.ip.forwarding = if self.conf.ip_forward { 1 } else { 2 };
+        s.ip.forwarding = if self.ipv4.conf.ip_forward { 1 } else { 2 };
         // The `Dev` section sums the Ethernet devices (`ip -s link` has each one).
-        for d in self.devs.iter() {
+        for d in self.link.devs.iter() {
             if d.kind == crate::dev::DeviceKind::Ethernet {
                 s.dev.add(&d.stats);
             }
         }
         s.ip.default_ttl = u64::from(crate::ipv4::DEFAULT_TTL);
-        let n = &self.neigh.stats;
-        s.arp.entries = self.neigh.len() as u64;
+        let n = &self.link.neigh.stats;
+        s.arp.entries = self.link.neigh.len() as u64;
         s.arp.res_failed = n.res_failed;
         s.arp.unresolved_discards = n.unresolved_discards;
-        s.arp.unres_qlen = self.neigh.unres_qlen() as u64;
+        s.arp.unres_qlen = self.link.neigh.unres_qlen() as u64;
         s.arp.unres_qlen_max = n.unres_qlen_max;
         s.arp.table_fulls = n.table_fulls;
-        let d = &self.defrag.stats;
+        let d = &self.ipv4.frags.stats;
         s.ip.reasm_reqds = d.reasm_reqds;
         s.ip.reasm_oks = d.reasm_oks;
         s.ip.reasm_fails = d.reasm_fails;
@@ -289,8 +234,8 @@ impl Stack {
     /// When [`Stack::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
-            self.neigh.poll_timeout(),
-            self.defrag.poll_timeout(),
+            self.link.neigh.poll_timeout(),
+            self.ipv4.frags.poll_timeout(),
             self.tcp_poll_timeout(),
         ]
         .into_iter()
@@ -300,7 +245,7 @@ impl Stack {
 
     /// Bytes held by IPv4 reassembly queues (bounded by `ipfrag_high_thresh`).
     pub fn defrag_mem(&self) -> usize {
-        self.defrag.mem()
+        self.ipv4.frags.mem()
     }
 
     /// Run every timer due at `now`.
@@ -308,9 +253,9 @@ impl Stack {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         let mut actions = Vec::new();
-        self.neigh.on_timer(now, &mut actions);
+        self.link.neigh.on_timer(now, &mut actions);
         self.run_neigh_actions(actions);
-        if self.defrag.poll_timeout().is_some_and(|t| t <= now) {
+        if self.ipv4.frags.poll_timeout().is_some_and(|t| t <= now) {
             self.ip_expire();
         }
         self.tcp_on_timer(now);
@@ -319,6 +264,6 @@ impl Stack {
 
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.sk.events.pop_front()
     }
 }

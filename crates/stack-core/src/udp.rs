@@ -108,7 +108,7 @@ fn compute_score(s: &UdpSock, saddr: Ipv4Addr, sport: u16, daddr: Ipv4Addr) -> O
 impl Stack {
     /// A new, unbound UDP socket.
     pub fn udp_socket(&mut self) -> SocketId {
-        let key = self.socks.insert(Sock::Udp(Box::new(UdpSock {
+        let key = self.sk.socks.insert(Sock::Udp(Box::new(UdpSock {
             local: None,
             peer: None,
             reuseaddr: false,
@@ -139,8 +139,8 @@ impl Stack {
         }
         let ip = *addr.ip();
         if !(ip.is_unspecified()
-            || self.fib.is_local(ip)
-            || self.fib.is_broadcast(ip)
+            || self.ipv4.fib.is_local(ip)
+            || self.ipv4.fib.is_broadcast(ip)
             || ip.is_multicast())
         {
             return Err(SendError::AddrNotAvailable);
@@ -155,16 +155,16 @@ impl Stack {
         };
         let local = SocketAddrV4::new(ip, port);
         self.udp_sock_mut(id).expect("checked").local = Some(local);
-        self.udp.ports.entry(port).or_default().push(id.0);
+        self.sk.udp.ports.entry(port).or_default().push(id.0);
         Ok(local)
     }
 
     fn udp_port_conflict(&self, port: u16, ip: Ipv4Addr, reuse: bool) -> bool {
-        let Some(keys) = self.udp.ports.get(&port) else {
+        let Some(keys) = self.sk.udp.ports.get(&port) else {
             return false;
         };
         keys.iter().any(|&k| {
-            let Some(Sock::Udp(o)) = self.socks.get(k) else {
+            let Some(Sock::Udp(o)) = self.sk.socks.get(k) else {
                 return false;
             };
             let oip = *o.local.expect("hashed sockets are bound").ip();
@@ -205,7 +205,7 @@ impl Stack {
             return Err(SendError::AccessDenied);
         }
         let local = self.udp_autobind(id)?;
-        let gen = self.fib.generation();
+        let gen = self.ipv4.fib.generation();
         let s = self.udp_sock_mut(id).expect("checked");
         s.peer = Some(peer);
         s.dst_cache = Some((*peer.ip(), rt, gen));
@@ -289,14 +289,14 @@ impl Stack {
     pub fn udp_close(&mut self, id: SocketId) {
         let Some(s) = self.udp_sock(id) else { return };
         if let Some(local) = s.local {
-            if let Some(keys) = self.udp.ports.get_mut(&local.port()) {
+            if let Some(keys) = self.sk.udp.ports.get_mut(&local.port()) {
                 keys.retain(|&k| k != id.0);
                 if keys.is_empty() {
-                    self.udp.ports.remove(&local.port());
+                    self.sk.udp.ports.remove(&local.port());
                 }
             }
         }
-        self.socks.remove(id.0);
+        self.sk.socks.remove(id.0);
     }
 
     /// `udp_sendmsg`: send `data` to `dst` (or the connected peer). With `more`
@@ -367,7 +367,7 @@ impl Stack {
         dst: SocketAddrV4,
         data: &[u8],
     ) -> Result<(), SendError> {
-        let gen = self.fib.generation();
+        let gen = self.ipv4.fib.generation();
         let s = self.udp_sock(id).ok_or(SendError::BadSocket)?;
         if !s.wmem.has_room() {
             self.snmp.udp.sndbuf_errors += 1;
@@ -476,10 +476,10 @@ impl Stack {
         daddr: Ipv4Addr,
         dport: u16,
     ) -> Option<usize> {
-        let keys = self.udp.ports.get(&dport)?;
+        let keys = self.sk.udp.ports.get(&dport)?;
         let mut best: Option<(u32, usize)> = None;
         for &k in keys {
-            let Some(Sock::Udp(s)) = self.socks.get(k) else {
+            let Some(Sock::Udp(s)) = self.sk.socks.get(k) else {
                 continue;
             };
             if let Some(score) = compute_score(s, saddr, sport, daddr) {
@@ -526,13 +526,14 @@ impl Stack {
         if broadcast {
             // __udp4_lib_mcast_deliver: every matching socket gets a copy.
             let keys: Vec<usize> = self
+                .sk
                 .udp
                 .ports
                 .get(&dport)
                 .map(|k| {
                     k.iter()
                         .copied()
-                        .filter(|&k| match self.socks.get(k) {
+                        .filter(|&k| match self.sk.socks.get(k) {
                             Some(Sock::Udp(s)) => {
                                 s.local
                                     .is_some_and(|l| l.ip().is_unspecified() || *l.ip() == daddr)
@@ -584,7 +585,7 @@ impl Stack {
         s.rcvq.push_back(UdpDatagram { from, to, skb });
         if !s.signalled {
             s.signalled = true;
-            self.events.push_back(Event::Readable(id));
+            self.sk.events.push_back(Event::Readable(id));
         }
     }
 
@@ -612,7 +613,7 @@ impl Stack {
         s.err = Some(err);
         if !s.signalled {
             s.signalled = true;
-            self.events.push_back(Event::Readable(id));
+            self.sk.events.push_back(Event::Readable(id));
         }
     }
 }

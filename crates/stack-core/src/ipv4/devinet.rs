@@ -22,7 +22,7 @@ impl Stack {
         {
             return Err(DevError::Invalid);
         }
-        let d = self.devs.get_mut(dev).ok_or(DevError::NoDevice)?;
+        let d = self.link.devs.get_mut(dev).ok_or(DevError::NoDevice)?;
         if d.addrs.iter().any(|x| x.addr == a) {
             return Err(DevError::Exists);
         }
@@ -43,7 +43,7 @@ impl Stack {
     /// brought leave; the subnet's route stays while another address of the device is on
     /// it (`fib_del_ifaddr`).
     pub fn addr_del(&mut self, dev: DeviceId, addr: Ipv4Addr) -> Result<IfAddr, DevError> {
-        let d = self.devs.get_mut(dev).ok_or(DevError::NoDevice)?;
+        let d = self.link.devs.get_mut(dev).ok_or(DevError::NoDevice)?;
         let at = d
             .addrs
             .iter()
@@ -59,11 +59,13 @@ impl Stack {
     /// `dst`: the device's address on `dst`'s subnet, else its primary address, else
     /// any address of the host (Linux looks at other devices too).
     pub(crate) fn inet_select_addr(&self, dev: DeviceId, dst: Ipv4Addr) -> Ipv4Addr {
-        self.devs
+        self.link
+            .devs
             .get(dev)
             .and_then(|d| d.select_addr(dst))
             .or_else(|| {
-                self.devs
+                self.link
+                    .devs
                     .iter()
                     .filter(|d| d.kind == DeviceKind::Ethernet)
                     .find_map(|d| d.addrs.first().map(|a| a.addr))

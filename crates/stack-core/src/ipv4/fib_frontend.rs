@@ -124,7 +124,7 @@ impl Stack {
             }
         }
         for (table, e) in routes {
-            if let Err(err) = self.fib.insert(table, e) {
+            if let Err(err) = self.ipv4.fib.insert(table, e) {
                 tracing::warn!(?err, route = ?e, "route not installed");
             }
         }
@@ -138,7 +138,7 @@ impl Stack {
             .any(|o| o.prefix_len == gone.prefix_len && o.contains(gone.addr));
         let bcast = gone.broadcast();
         let network = gone.network();
-        self.fib.retain(|e| {
+        self.ipv4.fib.retain(|e| {
             if e.oif != dev || e.proto != RouteProto::Kernel {
                 return true;
             }
@@ -151,7 +151,7 @@ impl Stack {
             !(is_local || is_subnet)
         });
         // Routes that named the address as their source go too (`fib_sync_down_addr`).
-        self.fib.retain(|e| e.prefsrc != Some(gone.addr));
+        self.ipv4.fib.retain(|e| e.prefsrc != Some(gone.addr));
         // A secondary of the subnet is promoted (`promote_secondaries`, on by default
         // in Linux): it brings the subnet's routes back with itself as their source.
         if let Some(next) = others
@@ -173,7 +173,7 @@ impl Stack {
             return Err(RouteError::HostBitsSet);
         }
         if let Some(dev) = spec.dev {
-            if self.devs.get(dev).is_none() {
+            if self.link.devs.get(dev).is_none() {
                 return Err(RouteError::NoDevice);
             }
         }
@@ -193,6 +193,7 @@ impl Stack {
             proto: spec.proto,
         };
         let exists = self
+            .ipv4
             .fib
             .routes()
             .iter()
@@ -200,14 +201,15 @@ impl Stack {
         if exists {
             return Err(RouteError::Exists);
         }
-        self.fib.insert(Table::Main, entry)?;
+        self.ipv4.fib.insert(Table::Main, entry)?;
         Ok(entry)
     }
 
     /// `ip route del` (`inet_rtm_delroute`): the first main-table route to the prefix
     /// that matches what `spec` names (gateway, device, metric when not 0).
     pub fn route_del(&mut self, spec: RouteSpec) -> Result<FibEntry, RouteError> {
-        self.fib
+        self.ipv4
+            .fib
             .remove_if(Table::Main, spec.prefix, spec.prefix_len, |e| {
                 spec.gateway.is_none_or(|g| e.gateway == Some(g))
                     && spec.dev.is_none_or(|d| e.oif == d)
@@ -219,18 +221,19 @@ impl Stack {
     /// `fib_check_nh` (scope link): the device by which gateway `gw` is directly
     /// reachable, checked against `dev` when one is named.
     fn fib_check_nh(&self, gw: Ipv4Addr, dev: Option<DeviceId>) -> Result<DeviceId, RouteError> {
-        if self.fib.is_local(gw) || gw.is_unspecified() || gw.is_multicast() {
+        if self.ipv4.fib.is_local(gw) || gw.is_unspecified() || gw.is_multicast() {
             return Err(RouteError::GatewayUnreachable);
         }
         let connected = |d: DeviceId| {
-            self.devs
+            self.link
+                .devs
                 .get(d)
                 .is_some_and(|nd| nd.addrs.iter().any(|a| a.contains(gw)))
         };
         match dev {
             Some(d) if connected(d) => Ok(d),
             Some(_) => Err(RouteError::GatewayUnreachable),
-            None => match self.fib.fib_lookup(gw) {
+            None => match self.ipv4.fib.fib_lookup(gw) {
                 Some(e) if e.rtype == RouteType::Unicast && e.gateway.is_none() => Ok(e.oif),
                 _ => Err(RouteError::GatewayUnreachable),
             },

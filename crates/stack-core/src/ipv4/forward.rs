@@ -129,7 +129,7 @@ impl Stack {
         if redirect && !srr {
             self.ip_rt_send_redirect(&skb, &rt);
         }
-        if self.conf.ip_fwd_update_priority {
+        if self.ipv4.conf.ip_fwd_update_priority {
             skb.priority = rt_tos2priority(tos);
         }
         if self
@@ -164,12 +164,12 @@ impl Stack {
     /// The packet is forwarded either way.
     fn ip_rt_send_redirect(&mut self, skb: &Skb, rt: &Rtable) {
         // IN_DEV_TX_REDIRECTS of the output device.
-        if !self.conf.send_redirects {
+        if !self.ipv4.conf.send_redirects {
             return;
         }
         let src = Ipv4Packet::new_unchecked(skb.data()).src();
         let now = micros(self.now);
-        let peer = self.peers.get(self.now, src);
+        let peer = self.ipv4.peers.get(self.now, src);
         if elapsed(now, peer.rate_last) > IP_RT_REDIRECT_SILENCE_US {
             peer.rate_tokens = 0;
             peer.n_redirects = 0;
@@ -200,7 +200,7 @@ impl Stack {
     /// `ip_rt_error_burst` at most), before `icmp_send`'s own limits.
     #[tracing::instrument(level = "trace", name = "ip_error", skip_all)]
     pub(crate) fn ip_error(&mut self, skb: Skb, err: DstError) {
-        if !self.conf.ip_forward {
+        if !self.ipv4.conf.ip_forward {
             match err {
                 DstError::HostUnreach => self.snmp.ip.in_addr_errors += 1,
                 DstError::NetUnreach => self.snmp.ip_ext.in_no_routes += 1,
@@ -222,7 +222,7 @@ impl Stack {
         };
         let src = Ipv4Packet::new_unchecked(skb.data()).src();
         let now = micros(self.now);
-        let peer = self.peers.get(self.now, src);
+        let peer = self.ipv4.peers.get(self.now, src);
         peer.rate_tokens =
             (peer.rate_tokens + elapsed(now, peer.rate_last)).min(IP_RT_ERROR_BURST_US);
         peer.rate_last = now;

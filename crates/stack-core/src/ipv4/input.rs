@@ -8,9 +8,10 @@ use super::defrag::DefragOutcome;
 use super::route::RouteType;
 use super::{RpFilter, Rtable};
 use crate::dev::DeviceId;
+use crate::dev::LOOPBACK_IFINDEX;
 use crate::netfilter::{NfHook, Verdict};
 use crate::skb::{PktType, Skb};
-use crate::stack::{Stack, LOOPBACK_IFINDEX};
+use crate::stack::Stack;
 use crate::wire::checksum;
 use crate::wire::icmpv4::{msg_type, time_exceeded_code, unreach_code};
 use crate::wire::ipv4::{self, Ipv4Option, Ipv4Packet};
@@ -136,6 +137,7 @@ impl Stack {
 
     /// `ip_route_input_noref` / `ip_route_input_slow`: what to do with a packet from `src`
     /// to `dst` that came in on device `ifindex`.
+    #[tracing::instrument(level = "trace", name = "ip_route_input", skip_all, fields(%dst))]
     pub(crate) fn ip_route_input(&self, src: Ipv4Addr, dst: Ipv4Addr, ifindex: u32) -> InputRoute {
         // Martian sources (RFC 1812 section 5.3.7): multicast, limited broadcast, or one
         // of our own addresses arriving from the wire (loopback is a separate path).
@@ -159,17 +161,17 @@ impl Stack {
         }
         let from_wire = ifindex != LOOPBACK_IFINDEX;
         // Our own address as source is only legitimate on loopback (fib_validate_source).
-        if from_wire && self.fib.is_local(src) {
+        if from_wire && self.ipv4.fib.is_local(src) {
             return InputRoute::Martian;
         }
         if from_wire && !src.is_unspecified() && !self.rp_filter_ok(src, DeviceId(ifindex)) {
             return InputRoute::RpFilter;
         }
-        match self.fib.fib_lookup(dst) {
+        match self.ipv4.fib.fib_lookup(dst) {
             Some(e) if e.rtype == RouteType::Local => InputRoute::Local { broadcast: false },
             Some(e) if e.rtype == RouteType::Broadcast => InputRoute::Local { broadcast: true },
             // Not forwarding: whatever the lookup said, EHOSTUNREACH.
-            _ if !self.conf.ip_forward => InputRoute::Error(DstError::HostUnreach),
+            _ if !self.ipv4.conf.ip_forward => InputRoute::Error(DstError::HostUnreach),
             Some(e) if e.rtype == RouteType::Unicast => {
                 let in_dev = DeviceId(ifindex);
                 let redirect = from_wire && self.mkroute_input_redirect(src, in_dev, e);
@@ -181,7 +183,7 @@ impl Stack {
                         src: e
                             .prefsrc
                             .unwrap_or_else(|| self.inet_select_addr(e.oif, dst)),
-                        mtu: self.devs.get(e.oif).map_or(0, |d| d.mtu),
+                        mtu: self.link.devs.get(e.oif).map_or(0, |d| d.mtu),
                         gateway: e.gateway.is_some(),
                     },
                     redirect,
@@ -208,15 +210,15 @@ impl Stack {
         in_dev: DeviceId,
         e: &super::route::FibEntry,
     ) -> bool {
-        if e.oif != in_dev || !self.conf.send_redirects {
+        if e.oif != in_dev || !self.ipv4.conf.send_redirects {
             return false;
         }
-        let Some(dev) = self.devs.get(in_dev) else {
+        let Some(dev) = self.link.devs.get(in_dev) else {
             return false;
         };
         // __fib_validate_source: the reverse route, or failing that a connected subnet
         // of the device (its lookup restricted to `in_dev`), must have no gateway.
-        let direct = match self.fib.fib_lookup(src) {
+        let direct = match self.ipv4.fib.fib_lookup(src) {
             Some(back) if back.rtype == RouteType::Unicast && back.oif == in_dev => {
                 back.gateway.is_none()
             }
@@ -225,7 +227,7 @@ impl Stack {
         if !direct {
             return false;
         }
-        self.conf.shared_media
+        self.ipv4.conf.shared_media
             || dev
                 .addrs
                 .iter()
@@ -235,13 +237,15 @@ impl Stack {
     /// `fib_validate_source` with `rp_filter` (RFC 3704): strict wants the route back
     /// to `src` to leave by `in_dev`, loose wants some route back at all.
     fn rp_filter_ok(&self, src: Ipv4Addr, in_dev: DeviceId) -> bool {
-        match self.conf.rp_filter {
+        match self.ipv4.conf.rp_filter {
             RpFilter::Off => true,
             RpFilter::Loose => self
+                .ipv4
                 .fib
                 .fib_lookup(src)
                 .is_some_and(|e| e.rtype == RouteType::Unicast),
             RpFilter::Strict => self
+                .ipv4
                 .fib
                 .fib_lookup(src)
                 .is_some_and(|e| e.rtype == RouteType::Unicast && e.oif == in_dev),
@@ -282,10 +286,15 @@ impl Stack {
         let ip = Ipv4Packet::new_unchecked(skb.data());
         if ip.more_frags() || ip.frag_offset() != 0 {
             // Expire old queues first, so a late fragment cannot join a dead datagram.
-            if self.defrag.poll_timeout().is_some_and(|t| t <= self.now) {
+            if self
+                .ipv4
+                .frags
+                .poll_timeout()
+                .is_some_and(|t| t <= self.now)
+            {
                 self.ip_expire();
             }
-            skb = match self.defrag.ip_defrag(self.now, skb) {
+            skb = match self.ipv4.frags.ip_defrag(self.now, skb) {
                 DefragOutcome::Complete(whole) => whole,
                 DefragOutcome::Queued | DefragOutcome::Dropped => return,
             };
@@ -304,7 +313,7 @@ impl Stack {
     /// (RFC 792 time exceeded, code 1; RFC 1122 3.3.2 sends it only then).
     pub(crate) fn ip_expire(&mut self) {
         let mut expired = Vec::new();
-        self.defrag.on_timer(self.now, &mut expired);
+        self.ipv4.frags.on_timer(self.now, &mut expired);
         for first in expired {
             self.icmp_send(
                 &first,

@@ -19,6 +19,34 @@ use route::RouteType;
 /// Linux's default TTL (`net.ipv4.ip_default_ttl`).
 pub const DEFAULT_TTL: u8 = 64;
 
+/// IPv4's state in a namespace (`struct netns_ipv4`): the settings, the FIB, the
+/// reassembly queues, the IP ID counter, ICMP's limiter and the per-peer table.
+#[derive(Debug)]
+pub(crate) struct Ipv4 {
+    pub conf: Ipv4Conf,
+    pub fib: route::Fib,
+    /// Reassembly queues (`net->ipv4.frags`, `ipq`s).
+    pub frags: defrag::Defrag,
+    pub ip_ident: u16,
+    pub icmp: crate::icmp::IcmpState,
+    /// Per-peer rate-limiter state (`net->ipv4.peers`): ICMP errors, `ip_error`,
+    /// redirects.
+    pub peers: crate::inetpeer::InetPeers,
+}
+
+impl Ipv4 {
+    pub fn new(conf: Ipv4Conf, now: crate::time::Instant, ip_ident: u16) -> Ipv4 {
+        Ipv4 {
+            conf,
+            fib: route::Fib::default(),
+            frags: defrag::Defrag::new(defrag::DefragParms::default()),
+            ip_ident,
+            icmp: crate::icmp::IcmpState::new(now),
+            peers: crate::inetpeer::InetPeers::default(),
+        }
+    }
+}
+
 /// Reverse-path filtering of a packet's source (`net.ipv4.conf.all.rp_filter`, RFC 3704).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RpFilter {

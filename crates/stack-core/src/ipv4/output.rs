@@ -8,10 +8,11 @@ use super::fragment;
 use super::route::RouteType;
 use super::{IpParams, Rtable, SendError};
 use crate::dev::DeviceId;
+use crate::dev::LOOPBACK_IFINDEX;
 use crate::gso;
 use crate::netfilter::{NfHook, Verdict};
 use crate::skb::Skb;
-use crate::stack::{Stack, LOOPBACK_IFINDEX};
+use crate::stack::Stack;
 use crate::wire::ethernet::ethertype;
 use crate::wire::ipv4::{Ipv4Options, Ipv4Packet, Ipv4Repr};
 use crate::wire::MacAddr;
@@ -43,10 +44,11 @@ impl Stack {
             // Limited broadcast and multicast leave by the device the FIB would use
             // for them (the default route's), else the first Ethernet device.
             let dev = self
+                .ipv4
                 .fib
                 .fib_lookup(dst)
                 .map(|e| e.oif)
-                .or_else(|| self.devs.first_ethernet().map(|d| d.id));
+                .or_else(|| self.link.devs.first_ethernet().map(|d| d.id));
             let Some(dev) = dev else {
                 return Err(SendError::NetUnreachable);
             };
@@ -59,11 +61,11 @@ impl Stack {
                 dev,
                 nexthop: dst,
                 src: self.inet_select_addr(dev, dst),
-                mtu: self.devs.get(dev).map_or(0, |d| d.mtu),
+                mtu: self.link.devs.get(dev).map_or(0, |d| d.mtu),
                 gateway: false,
             });
         }
-        let Some(e) = self.fib.fib_lookup(dst).copied() else {
+        let Some(e) = self.ipv4.fib.fib_lookup(dst).copied() else {
             return Err(SendError::NetUnreachable);
         };
         match e.rtype {
@@ -72,7 +74,7 @@ impl Stack {
                 let mtu = if e.rtype == RouteType::Local {
                     IP_MAX_PACKET
                 } else {
-                    self.devs.get(e.oif).map_or(0, |d| d.mtu)
+                    self.link.devs.get(e.oif).map_or(0, |d| d.mtu)
                 };
                 Ok(Rtable {
                     rtype: e.rtype,
@@ -131,8 +133,8 @@ impl Stack {
     /// per source/destination/protocol within the reassembly lifetime; a counter started
     /// at a random value does that without leaking a global sequence from time zero.
     fn ip_select_ident(&mut self) -> u16 {
-        self.ip_ident = self.ip_ident.wrapping_add(1);
-        self.ip_ident
+        self.ipv4.ip_ident = self.ipv4.ip_ident.wrapping_add(1);
+        self.ipv4.ip_ident
     }
 
     /// `__ip_local_out` + `dst_output`: LOCAL_OUT, then the route's output function.
@@ -267,8 +269,13 @@ impl Stack {
             }
             _ => {
                 let mut actions = Vec::new();
-                self.neigh
-                    .resolve_output(self.now, rt.dev, rt.nexthop, skb, &mut actions);
+                self.link.neigh.neigh_resolve_output(
+                    self.now,
+                    rt.dev,
+                    rt.nexthop,
+                    skb,
+                    &mut actions,
+                );
                 self.run_neigh_actions(actions);
             }
         }
@@ -279,10 +286,11 @@ impl Stack {
     #[tracing::instrument(level = "trace", name = "loopback_xmit", skip_all)]
     fn loopback_xmit(&mut self, mut skb: Skb) {
         let lo = self
+            .link
             .devs
             .get_mut(DeviceId::LOOPBACK)
             .expect("lo is always there");
-        if self.backlog.len() >= LOOPBACK_BACKLOG {
+        if self.link.backlog.len() >= LOOPBACK_BACKLOG {
             lo.stats.tx_dropped += 1;
             self.snmp.ip.out_discards += 1;
             return;
@@ -293,14 +301,14 @@ impl Stack {
         lo.stats.rx_packets += 1;
         lo.stats.rx_bytes += skb.len() as u64;
         skb.ifindex = LOOPBACK_IFINDEX;
-        self.backlog.push_back(skb);
+        self.link.backlog.push_back(skb);
     }
 
     /// `process_backlog` for the loopback device. Bounded by the backlog limit per call
     /// so a packet that loops (an error about an error) cannot spin forever.
     pub(crate) fn process_backlog(&mut self) {
         for _ in 0..LOOPBACK_BACKLOG {
-            let Some(skb) = self.backlog.pop_front() else {
+            let Some(skb) = self.link.backlog.pop_front() else {
                 return;
             };
             self.ip_rcv(skb);
@@ -367,7 +375,7 @@ mod tests {
         let mut s = Stack::new(cfg, Instant::ZERO, 5);
         while s.poll_transmit(Instant::ZERO).is_some() {}
         let mut actions = Vec::new();
-        s.neigh.update(
+        s.link.neigh.update(
             Instant::ZERO,
             DeviceId::ETH0,
             PEER,

@@ -80,7 +80,7 @@ impl Stack {
         }
         let local = SocketAddrV4::new(dst, repr.dst_port);
         let remote = SocketAddrV4::new(src, repr.src_port);
-        if let Some(&k) = self.tcp.ehash.get(&(local, remote)) {
+        if let Some(&k) = self.sk.tcp.ehash.get(&(local, remote)) {
             let id = SocketId(k);
             if self.tcp_state(id) == Some(TcpState::TimeWait) {
                 self.tcp_timewait_state_process(id, &repr, skb.len());
@@ -102,10 +102,10 @@ impl Stack {
 
     /// `__inet_lookup_listener`: an exact address beats the wildcard.
     fn tcp_lookup_listener(&self, dst: Ipv4Addr, port: u16) -> Option<SocketId> {
-        let keys = self.tcp.bhash.get(&port)?;
+        let keys = self.sk.tcp.bhash.get(&port)?;
         let mut best = None;
         for &k in keys {
-            let Some(Sock::Tcp(s)) = self.socks.get(k) else {
+            let Some(Sock::Tcp(s)) = self.sk.socks.get(k) else {
                 continue;
             };
             if s.state != TcpState::Listen {
@@ -214,8 +214,8 @@ impl Stack {
     fn tcp_hash_child(&mut self, l: SocketId, mut c: TcpSock) -> SocketId {
         let key = (c.local.expect("set"), c.remote.expect("set"));
         c.hashed = true;
-        let id = SocketId(self.socks.insert(Sock::Tcp(Box::new(c))));
-        self.tcp.ehash.insert(key, id.0);
+        let id = SocketId(self.sk.socks.insert(Sock::Tcp(Box::new(c))));
+        self.sk.tcp.ehash.insert(key, id.0);
         self.tcp_sock_mut(l).expect("listener").syn_q_len += 1;
         self.snmp.tcp.passive_opens += 1;
         id
@@ -604,7 +604,7 @@ impl Stack {
         self.snmp.tcp.curr_estab += 1;
         match parent {
             Some(p) => {
-                if let Some(Sock::Tcp(l)) = self.socks.get_mut(p) {
+                if let Some(Sock::Tcp(l)) = self.sk.socks.get_mut(p) {
                     l.syn_q_len = l.syn_q_len.saturating_sub(1);
                     l.accept_q.push_back(id.0);
                 }
@@ -634,7 +634,7 @@ impl Stack {
         }
         // A child that never got accepted just disappears from its listener.
         if let Some(p) = parent {
-            if let Some(Sock::Tcp(l)) = self.socks.get_mut(p) {
+            if let Some(Sock::Tcp(l)) = self.sk.socks.get_mut(p) {
                 l.accept_q.retain(|&c| c != id.0);
                 if state == TcpState::SynRecv {
                     l.syn_q_len = l.syn_q_len.saturating_sub(1);

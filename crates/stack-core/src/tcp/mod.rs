@@ -541,14 +541,14 @@ pub struct TcpReadiness {
 
 impl Stack {
     pub(crate) fn tcp_sock(&self, id: SocketId) -> Option<&TcpSock> {
-        match self.socks.get(id.0) {
+        match self.sk.socks.get(id.0) {
             Some(Sock::Tcp(s)) => Some(s),
             _ => None,
         }
     }
 
     pub(crate) fn tcp_sock_mut(&mut self, id: SocketId) -> Option<&mut TcpSock> {
-        match self.socks.get_mut(id.0) {
+        match self.sk.socks.get_mut(id.0) {
             Some(Sock::Tcp(s)) => Some(s),
             _ => None,
         }
@@ -557,7 +557,7 @@ impl Stack {
     /// `__sk_dst_check` + `ip_route_connect`: the socket's route to its peer, looked up
     /// again only when the FIB changed since it was cached.
     pub(crate) fn tcp_dst(&mut self, id: SocketId) -> Option<crate::ipv4::Rtable> {
-        let gen = self.fib.generation();
+        let gen = self.ipv4.fib.generation();
         let s = self.tcp_sock(id)?;
         if let Some((rt, g)) = s.dst_cache {
             if g == gen {
@@ -571,13 +571,13 @@ impl Stack {
     }
 
     pub(crate) fn tcp_init_table(&mut self) {
-        self.tcp.isn_key = (self.rng.next_u64(), self.rng.next_u64());
+        self.sk.tcp.isn_key = (self.rng.next_u64(), self.rng.next_u64());
     }
 
     /// A new, closed TCP socket.
     pub fn tcp_socket(&mut self) -> SocketId {
         let now = self.now;
-        SocketId(self.socks.insert(Sock::Tcp(Box::new(TcpSock::new(now)))))
+        SocketId(self.sk.socks.insert(Sock::Tcp(Box::new(TcpSock::new(now)))))
     }
 
     pub fn tcp_state(&self, id: SocketId) -> Option<TcpState> {
@@ -695,7 +695,7 @@ impl Stack {
         }
         let reuse = s.reuseaddr;
         let ip = *addr.ip();
-        if !(ip.is_unspecified() || self.fib.is_local(ip)) {
+        if !(ip.is_unspecified() || self.ipv4.fib.is_local(ip)) {
             return Err(SendError::AddrNotAvailable);
         }
         let port = if addr.port() == 0 {
@@ -708,18 +708,18 @@ impl Stack {
         };
         let local = SocketAddrV4::new(ip, port);
         self.tcp_sock_mut(id).expect("checked").local = Some(local);
-        self.tcp.bhash.entry(port).or_default().push(id.0);
+        self.sk.tcp.bhash.entry(port).or_default().push(id.0);
         Ok(local)
     }
 
     /// `inet_csk_bind_conflict`: another socket on the port with an overlapping address
     /// conflicts unless both set SO_REUSEADDR and the other is not listening.
     fn tcp_bind_conflict(&self, port: u16, ip: Ipv4Addr, reuse: bool) -> bool {
-        let Some(keys) = self.tcp.bhash.get(&port) else {
+        let Some(keys) = self.sk.tcp.bhash.get(&port) else {
             return false;
         };
         keys.iter().any(|&k| {
-            let Some(Sock::Tcp(o)) = self.socks.get(k) else {
+            let Some(Sock::Tcp(o)) = self.sk.socks.get(k) else {
                 return false;
             };
             let oip = *o.local.expect("bound").ip();
@@ -740,14 +740,15 @@ impl Stack {
         for i in 0..count {
             let port = EPHEMERAL_LOW + ((start + i) % count) as u16;
             let free = match remote {
-                None => !self.tcp.bhash.contains_key(&port),
+                None => !self.sk.tcp.bhash.contains_key(&port),
                 Some((src, r)) => {
                     // Not bound by anyone for listening or explicitly, and the 4-tuple
                     // unused.
-                    let bound_explicitly = self.tcp.bhash.get(&port).is_some_and(|v| !v.is_empty());
+                    let bound_explicitly =
+                        self.sk.tcp.bhash.get(&port).is_some_and(|v| !v.is_empty());
                     let key = (SocketAddrV4::new(src, port), r);
                     !bound_explicitly
-                        && (!self.tcp.ehash.contains_key(&key)
+                        && (!self.sk.tcp.ehash.contains_key(&key)
                             || self.tcp_tw_reusable(key).is_some())
                 }
             };
@@ -763,7 +764,7 @@ impl Stack {
     /// then tells the new connection's segments from the old one's (RFC 6191, Linux's
     /// `tcp_tw_reuse`). Returns the TIME_WAIT socket and the lowest safe new ISN.
     fn tcp_tw_reusable(&self, key: (SocketAddrV4, SocketAddrV4)) -> Option<(SocketId, u32)> {
-        let &k = self.tcp.ehash.get(&key)?;
+        let &k = self.sk.tcp.ehash.get(&key)?;
         let s = self.tcp_sock(SocketId(k))?;
         // The timer fires TIME_WAIT_LEN after entry: a second in means now + LEN >= fire + 1 s.
         let old_enough = self.now + TIME_WAIT_LEN >= s.tw_timer? + Duration::from_secs(1);
@@ -844,7 +845,7 @@ impl Stack {
                     *l.ip()
                 };
                 let local = SocketAddrV4::new(src, l.port());
-                if self.tcp.ehash.contains_key(&(local, peer))
+                if self.sk.tcp.ehash.contains_key(&(local, peer))
                     && self.tcp_tw_reusable((local, peer)).is_none()
                 {
                     return Err(SendError::AddrInUse);
@@ -876,7 +877,7 @@ impl Stack {
         s.mss = mss;
         s.rcv_wscale = TcpSock::choose_rcv_wscale(s.rcvbuf);
         s.state = TcpState::SynSent;
-        self.tcp.ehash.insert((local, peer), id.0);
+        self.sk.tcp.ehash.insert((local, peer), id.0);
         self.tcp_sock_mut(id).expect("checked").hashed = true;
         self.snmp.tcp.active_opens += 1;
         self.tcp_queue_control(id, true, false);
@@ -1111,8 +1112,8 @@ impl Stack {
             self.snmp.tcp.curr_estab = self.snmp.tcp.curr_estab.saturating_sub(1);
         }
         if let (Some(l), Some(r), true) = key {
-            if self.tcp.ehash.get(&(l, r)) == Some(&id.0) {
-                self.tcp.ehash.remove(&(l, r));
+            if self.sk.tcp.ehash.get(&(l, r)) == Some(&id.0) {
+                self.sk.tcp.ehash.remove(&(l, r));
             }
         }
         self.tcp_wake(id, true, true);
@@ -1126,14 +1127,14 @@ impl Stack {
         }
         let port = s.local.map(|l| l.port());
         if let Some(p) = port {
-            if let Some(v) = self.tcp.bhash.get_mut(&p) {
+            if let Some(v) = self.sk.tcp.bhash.get_mut(&p) {
                 v.retain(|&k| k != id.0);
                 if v.is_empty() {
-                    self.tcp.bhash.remove(&p);
+                    self.sk.tcp.bhash.remove(&p);
                 }
             }
         }
-        self.socks.remove(id.0);
+        self.sk.socks.remove(id.0);
     }
 
     /// Tell the driver about readiness (`sk_data_ready` / `sk_write_space`).
@@ -1152,16 +1153,16 @@ impl Stack {
             s.want_write = false;
         }
         if signal_read {
-            self.events.push_back(Event::Readable(id));
+            self.sk.events.push_back(Event::Readable(id));
         }
         if writable {
-            self.events.push_back(Event::Writable(id));
+            self.sk.events.push_back(Event::Writable(id));
         }
     }
 
     /// RFC 6528: ISN = M + F(4-tuple, secret), M a 4 µs clock.
     fn tcp_isn(&self, local: SocketAddrV4, remote: SocketAddrV4) -> u32 {
         let clock = (self.now.total_micros() / 4) as u32;
-        clock.wrapping_add(isn::secure_hash(self.tcp.isn_key, local, remote))
+        clock.wrapping_add(isn::secure_hash(self.sk.tcp.isn_key, local, remote))
     }
 }

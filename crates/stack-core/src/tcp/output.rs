@@ -120,7 +120,7 @@ impl Stack {
         let now = self.now;
         let gso_max = self
             .tcp_dst(id)
-            .and_then(|rt| self.devs.get(rt.dev))
+            .and_then(|rt| self.link.devs.get(rt.dev))
             .map_or(0, |d| d.gso_max_payload());
         let mut in_flight_now = None;
         let mut lost_scan = 0;
@@ -244,7 +244,7 @@ impl Stack {
         let mss = usize::from(s.mss);
         if count == 1 {
             let skb = seg.skb.clone();
-            self.tcp_transmit(
+            self.tcp_transmit_skb(
                 id,
                 Segment {
                     seq,
@@ -261,7 +261,7 @@ impl Stack {
             .map(|t| t.skb.clone())
             .collect();
         let payload: Vec<&[u8]> = skbs.iter().map(|b| b.data()).collect();
-        self.tcp_transmit(
+        self.tcp_transmit_skb(
             id,
             Segment {
                 seq,
@@ -273,14 +273,14 @@ impl Stack {
     }
 
     /// Build and send one segment: header, options, checksum (`tcp_transmit_skb`).
-    fn tcp_transmit(&mut self, id: SocketId, seg: Segment<'_>) {
+    fn tcp_transmit_skb(&mut self, id: SocketId, seg: Segment<'_>) {
         let now = self.now;
         // The MSS we announce is what our link takes (RFC 9293 3.7.1: MTU minus the
         // fixed headers), not the effective segment size after options.
         let Some(rt) = self.tcp_dst(id) else {
             return;
         };
-        let link_mtu = self.devs.get(rt.dev).map_or(rt.mtu, |d| d.mtu);
+        let link_mtu = self.link.devs.get(rt.dev).map_or(rt.mtu, |d| d.mtu);
         let adv_mss = link_mtu.saturating_sub(40).min(65535) as u16;
         let Some(s) = self.tcp_sock_mut(id) else {
             return;
@@ -394,7 +394,7 @@ impl Stack {
         } else {
             1
         };
-        if self.devs.get(rt.dev).is_some_and(|d| d.offloads.csum) {
+        if self.link.devs.get(rt.dev).is_some_and(|d| d.offloads.csum) {
             repr.emit_csum_partial(buf, len, *local.ip(), *remote.ip());
             skb.reset_transport_header();
             skb.ip_summed = IpSummed::Partial {
@@ -470,7 +470,7 @@ impl Stack {
             return;
         }
         let seq = s.snd_nxt;
-        self.tcp_transmit(
+        self.tcp_transmit_skb(
             id,
             Segment {
                 seq,
@@ -486,7 +486,7 @@ impl Stack {
     pub(crate) fn tcp_send_probe(&mut self, id: SocketId) {
         let Some(s) = self.tcp_sock(id) else { return };
         let seq = s.snd_una.wrapping_sub(1);
-        self.tcp_transmit(
+        self.tcp_transmit_skb(
             id,
             Segment {
                 seq,
@@ -526,7 +526,7 @@ impl Stack {
         if seg.flags.contains(TcpFlags::RST)
             || dst.is_broadcast()
             || dst.is_multicast()
-            || self.fib.is_broadcast(dst)
+            || self.ipv4.fib.is_broadcast(dst)
         {
             return;
         }

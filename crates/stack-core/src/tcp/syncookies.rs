@@ -59,7 +59,7 @@ impl Stack {
     ) -> (u32, u16) {
         let idx = MSS_TABLE.iter().rposition(|&m| m <= mss).unwrap_or(0);
         let t = period(self.now.total_micros() / 1_000_000);
-        let h = hash(self.tcp.isn_key, local, remote, client_isn, t);
+        let h = hash(self.sk.tcp.isn_key, local, remote, client_isn, t);
         ((t << 27) | ((idx as u32) << 24) | h, MSS_TABLE[idx])
     }
 
@@ -79,7 +79,7 @@ impl Stack {
         if age >= MAX_AGE {
             return None;
         }
-        (hash(self.tcp.isn_key, local, remote, client_isn, t) == cookie & 0x00ff_ffff)
+        (hash(self.sk.tcp.isn_key, local, remote, client_isn, t) == cookie & 0x00ff_ffff)
             .then_some(MSS_TABLE[idx])
     }
 }

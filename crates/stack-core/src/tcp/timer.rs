@@ -36,7 +36,8 @@ impl super::TcpSock {
 impl Stack {
     /// The earliest TCP timer of any socket.
     pub(crate) fn tcp_poll_timeout(&self) -> Option<Instant> {
-        self.socks
+        self.sk
+            .socks
             .iter()
             .filter_map(|(_, s)| match s {
                 Sock::Tcp(t) => t.next_timer(),
@@ -48,6 +49,7 @@ impl Stack {
     /// Run every due TCP timer.
     pub(crate) fn tcp_on_timer(&mut self, now: Instant) {
         let due: Vec<usize> = self
+            .sk
             .socks
             .iter()
             .filter_map(|(k, s)| match s {
@@ -231,12 +233,12 @@ impl Stack {
 
     /// Give up on the connection after too many retransmissions.
     fn tcp_abort_timeout(&mut self, id: SocketId) {
-        if let Some(Sock::Tcp(s)) = self.socks.get(id.0) {
+        if let Some(Sock::Tcp(s)) = self.sk.socks.get(id.0) {
             if let Some(p) = s.parent {
-                if let Some(Sock::Tcp(l)) = self.socks.get_mut(p) {
+                if let Some(Sock::Tcp(l)) = self.sk.socks.get_mut(p) {
                     l.syn_q_len = l.syn_q_len.saturating_sub(1);
                 }
-                if let Some(Sock::Tcp(s)) = self.socks.get_mut(id.0) {
+                if let Some(Sock::Tcp(s)) = self.sk.socks.get_mut(id.0) {
                     s.orphan = true;
                 }
             }
