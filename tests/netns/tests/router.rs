@@ -50,6 +50,8 @@ struct Observed {
     ttl_one: Vec<String>,
     unrouted: Vec<String>,
     frag_needed: Vec<String>,
+    /// The ICMP errors themselves as A received them, field by field (see `IcmpSeen`).
+    errors_on_the_wire: Vec<Option<IcmpSeen>>,
     /// (size, echoed byte-identically within three tries).
     udp: Vec<(usize, bool)>,
     closed_port: Option<ErrorKind>,
@@ -104,6 +106,11 @@ fn ustack_router_is_indistinguishable_from_linux_on_the_probes() {
     );
     assert!(linux.udp.iter().all(|(_, ok)| *ok), "{:?}", linux.udp);
     assert_eq!(linux.closed_port, Some(ErrorKind::ConnectionRefused));
+    assert!(
+        linux.errors_on_the_wire.iter().all(Option::is_some),
+        "A saw every ICMP error: {:?}",
+        linux.errors_on_the_wire
+    );
     assert_eq!(linux.tcp_a_to_b, Ok(TCP_BYTES));
     assert_eq!(linux.tcp_b_to_a, Ok(TCP_BYTES));
     assert_eq!(ours, linux, "ustack router differs from the Linux router");
@@ -119,8 +126,12 @@ fn probe(bed: &Routed) -> Observed {
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("ttl=")))
         .map(str::to_string)
         .collect();
-    let ttl_one = errors(&bed.run(A, "ping", &["-c", "1", "-W", "2", "-t", "1", &b]));
-    let unrouted = errors(&bed.run(A, "ping", &["-c", "1", "-W", "2", "203.0.113.5"]));
+    let (ttl_one, wire_ttl) = captured(bed, |bed| {
+        errors(&bed.run(A, "ping", &["-c", "1", "-W", "2", "-t", "1", &b]))
+    });
+    let (unrouted, wire_unrouted) = captured(bed, |bed| {
+        errors(&bed.run(A, "ping", &["-c", "1", "-W", "2", "203.0.113.5"]))
+    });
 
     let echo = UdpEcho::start(bed);
     let client = udp_socket(bed, A, SocketAddrV4::new(B_IP, ECHO_PORT));
@@ -128,11 +139,13 @@ fn probe(bed: &Routed) -> Observed {
         .iter()
         .map(|&n| (n, udp_round_trip(&client, n)))
         .collect();
-    let frag_needed = errors(&bed.run(
-        A,
-        "ping",
-        &["-c", "1", "-W", "2", "-M", "do", "-s", "1450", &b],
-    ));
+    let (frag_needed, wire_frag) = captured(bed, |bed| {
+        errors(&bed.run(
+            A,
+            "ping",
+            &["-c", "1", "-W", "2", "-M", "do", "-s", "1450", &b],
+        ))
+    });
     udp.extend(DF_SIZES.iter().map(|&n| (n, udp_round_trip(&client, n))));
     drop(echo);
 
@@ -147,11 +160,80 @@ fn probe(bed: &Routed) -> Observed {
         ttl_one,
         unrouted,
         frag_needed,
+        errors_on_the_wire: vec![wire_ttl, wire_unrouted, wire_frag],
         udp,
         closed_port,
         tcp_a_to_b: tcp_transfer(bed, A, B, B_IP, 1),
         tcp_b_to_a: tcp_transfer(bed, B, A, A_IP, 2),
     }
+}
+
+/// An ICMP error as it reached host A, with what legitimately differs between two
+/// routers left out (the IP ID and the checksums) and the quoted datagram reduced to
+/// what the router chose: its length and the quoted header's TTL and protocol (the rest
+/// is A's own packet).
+#[derive(Debug, PartialEq, Eq)]
+struct IcmpSeen {
+    tos: u8,
+    total_len: u16,
+    dont_frag: bool,
+    ttl: u8,
+    src: Ipv4Addr,
+    icmp_type: u8,
+    icmp_code: u8,
+    /// Bytes 4..8 of the ICMP header (the next-hop MTU of frag needed, else unused).
+    rest_of_header: [u8; 4],
+    quoted_len: usize,
+    quoted_ttl: u8,
+    quoted_protocol: u8,
+}
+
+/// Runs `probe` while capturing what arrives at host A's interface; the first ICMP
+/// error (not an echo reply) seen.
+fn captured<T>(bed: &Routed, probe: impl FnOnce(&Routed) -> T) -> (T, Option<IcmpSeen>) {
+    let ifname = bed.sides[A].ifname.clone();
+    let cap = bed.hosts[A]
+        .enter(|| testbed::PacketSocket::capture(&ifname))
+        .and_then(|r| r)
+        .expect("capture socket");
+    let result = probe(bed);
+    let mut buf = vec![0u8; 70_000];
+    while let Ok(Some(n)) = cap.recv_timeout(&mut buf, Duration::from_millis(200)) {
+        if let Some(seen) = parse_icmp_error(&buf[..n]) {
+            return (result, Some(seen));
+        }
+    }
+    (result, None)
+}
+
+fn parse_icmp_error(f: &[u8]) -> Option<IcmpSeen> {
+    if f.len() < 14 + 20 + 8 || f[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &f[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[9] != 1 || ip.len() < ihl + 8 {
+        return None;
+    }
+    let icmp = &ip[ihl..];
+    // Errors only: destination unreachable (3), time exceeded (11), parameter problem.
+    if !matches!(icmp[0], 3 | 11 | 12) {
+        return None;
+    }
+    let quoted = &icmp[8..];
+    Some(IcmpSeen {
+        tos: ip[1],
+        total_len: u16::from_be_bytes([ip[2], ip[3]]),
+        dont_frag: ip[6] & 0x40 != 0,
+        ttl: ip[8],
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        icmp_type: icmp[0],
+        icmp_code: icmp[1],
+        rest_of_header: [icmp[4], icmp[5], icmp[6], icmp[7]],
+        quoted_len: quoted.len(),
+        quoted_ttl: quoted.get(8).copied().unwrap_or(0),
+        quoted_protocol: quoted.get(9).copied().unwrap_or(0),
+    })
 }
 
 /// ping(8)'s per-packet error lines, without anything timing-dependent.
