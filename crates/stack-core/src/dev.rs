@@ -16,7 +16,7 @@ use crate::gso;
 use crate::ipv4::route::prefix_mask;
 use crate::neigh::NeighTable;
 use crate::qdisc::PfifoFast;
-use crate::skb::{IpSummed, PktType, Skb};
+use crate::skb::{IpSummed, PktType, Skb, SkbPool};
 use crate::snmp::DevStats;
 use crate::stack::Stack;
 use crate::wire::ethernet::{self, ethertype, EthernetFrame, EthernetRepr};
@@ -298,6 +298,167 @@ impl Link {
             backlog: VecDeque::new(),
         }
     }
+
+    /// `eth_type_trans` and the device's receive half of `__netif_receive_skb_core`:
+    /// count the frame, classify it by destination MAC, give the taps a clone, move an
+    /// 802.1Q tag into `vlan_tci` (`skb_vlan_untag`), and drop (counted) what is not
+    /// ours: another host's MAC, a VLAN we do not have. What comes back has `data` at the
+    /// network header and `protocol` set, for the handler of its EtherType.
+    pub fn eth_type_trans(
+        &mut self,
+        now: crate::time::Instant,
+        dev: DeviceId,
+        mut skb: Skb,
+    ) -> Option<Skb> {
+        skb.tstamp = now;
+        skb.ifindex = dev.0;
+        let Some(d) = self.devs.get_mut(dev) else {
+            tracing::warn!(%dev, "drop: frame for a device the stack does not have");
+            return None;
+        };
+        d.stats.rx_packets += 1;
+        d.stats.rx_bytes += skb.len() as u64;
+        let Ok(repr) = EthernetFrame::new_checked(skb.data()).and_then(|f| EthernetRepr::parse(&f))
+        else {
+            d.stats.rx_errors += 1;
+            tracing::trace!("drop: runt or undecodable Ethernet frame");
+            return None;
+        };
+        skb.reset_mac_header();
+        skb.pkt_type = if repr.dst == d.mac {
+            PktType::Host
+        } else if repr.dst.is_broadcast() {
+            PktType::Broadcast
+        } else if repr.dst.is_multicast() {
+            PktType::Multicast
+        } else {
+            PktType::OtherHost
+        };
+        if !d.taps.is_empty() {
+            d.deliver_to_taps(&skb);
+        }
+        if skb.pull(repr.header_len()).is_err() {
+            d.stats.rx_errors += 1;
+            return None;
+        }
+        skb.protocol = repr.ethertype;
+        if let Some(tag) = repr.vlan {
+            skb.vlan_tci = Some(tag.to_tci());
+            // No VLAN devices: only priority-tagged frames (VID 0, IEEE 802.1Q-2018
+            // 6.9.1) belong to the untagged device; others are someone else's.
+            if tag.vid != 0 {
+                skb.pkt_type = PktType::OtherHost;
+            }
+        }
+        if skb.pkt_type == PktType::OtherHost {
+            d.stats.rx_otherhost += 1;
+            tracing::trace!("drop: PACKET_OTHERHOST");
+            return None;
+        }
+        skb.reset_network_header();
+        Some(skb)
+    }
+
+    /// A frame of an EtherType nobody handles (`rx_nohandler`).
+    pub fn no_handler(&mut self, dev: DeviceId, ethertype: u16) {
+        if let Some(d) = self.devs.get_mut(dev) {
+            d.stats.rx_nohandler += 1;
+        }
+        tracing::trace!(ethertype, "drop: no protocol handler");
+    }
+
+    /// Push the Ethernet header and queue the frame on `dev` (`dev_hard_header` +
+    /// `dev_queue_xmit`). `data` is at the network header.
+    pub fn dev_hard_header_xmit(
+        &mut self,
+        now: crate::time::Instant,
+        pool: &SkbPool,
+        dev: DeviceId,
+        mut skb: Skb,
+        dst: MacAddr,
+        proto: u16,
+    ) {
+        let Some(d) = self.devs.get_mut(dev) else {
+            return;
+        };
+        let repr = EthernetRepr {
+            dst,
+            src: d.mac,
+            vlan: None,
+            ethertype: proto,
+        };
+        skb.protocol = proto;
+        match skb.push(repr.header_len()) {
+            Ok(hdr) => repr.emit(hdr),
+            Err(_) => {
+                // Every egress skb is allocated with MAX_HEADER of headroom; a packet
+                // that lost it is a bug upstream, counted rather than trusted.
+                d.stats.tx_dropped += 1;
+                tracing::warn!("drop: no headroom for the Ethernet header");
+                return;
+            }
+        }
+        self.dev_queue_xmit(now, pool, dev, skb);
+    }
+
+    /// Queue a complete frame (`data` at the Ethernet header) on `dev`'s qdisc and run
+    /// it. What the device cannot do is done first in software (`validate_xmit_skb`):
+    /// a GSO super-packet for a device without TSO is cut into its segments (buffers
+    /// from `pool`), a partial checksum for a device without checksum offload is
+    /// completed.
+    #[tracing::instrument(level = "trace", name = "dev_queue_xmit", skip_all, fields(dev = dev.0, len = skb.len()))]
+    pub fn dev_queue_xmit(
+        &mut self,
+        now: crate::time::Instant,
+        pool: &SkbPool,
+        dev: DeviceId,
+        skb: Skb,
+    ) {
+        debug_assert!(skb.len() >= ethernet::HEADER_LEN);
+        let Some(d) = self.devs.get_mut(dev) else {
+            return;
+        };
+        let partial = matches!(skb.ip_summed, IpSummed::Partial { .. });
+        if (skb.gso_size > 0 && !d.offloads.tso) || (partial && !d.offloads.csum) {
+            // `netif_needs_gso` -> `skb_gso_segment`, or `skb_checksum_help`. Linux does
+            // this as the qdisc hands the packet to the driver; here it happens before
+            // the qdisc, so the qdisc and the taps see the segments (the taps see them
+            // in Linux too, `dev_queue_xmit_nit` runs after `validate_xmit_skb`).
+            let owner = skb.owner_w().cloned();
+            let mut segs = Vec::new();
+            if let Err(e) = gso::skb_gso_segment(skb, pool, &mut segs) {
+                d.stats.tx_dropped += 1;
+                tracing::trace!(?e, "drop: validate_xmit_skb failed");
+                return;
+            }
+            for mut seg in segs {
+                if let Some(owner) = &owner {
+                    if seg.owner_w().is_none() {
+                        seg.set_owner_w(owner);
+                    }
+                }
+                dev_queue_xmit_one(d, now, seg);
+            }
+            return;
+        }
+        dev_queue_xmit_one(d, now, skb);
+    }
+
+    /// The next frame of any device's TX ring, devices taking turns.
+    pub fn poll_transmit(&mut self) -> Option<(DeviceId, Skb)> {
+        let n = self.devs.slots.len();
+        for i in 0..n {
+            let at = (self.devs.tx_cursor + i) % n;
+            let Some(Some(d)) = self.devs.slots.get_mut(at) else {
+                continue;
+            };
+            if let Some(skb) = dev_xmit_one(d) {
+                self.devs.tx_cursor = at + 1;
+                return Some((d.id, skb));
+            }
+        }
+        None
+    }
 }
 
 /// The device table (`dev_base_head` and the ifindex hash of one netns).
@@ -396,72 +557,18 @@ impl Stack {
     }
 
     /// Ingress entry point: one Ethernet frame received on `dev`, `data` at the
-    /// Ethernet header.
-    ///
-    /// `eth_type_trans` classifies the frame by destination MAC, packet taps get a clone,
-    /// an 802.1Q tag is moved into `vlan_tci` (`skb_vlan_untag`), frames for another MAC or
-    /// an unknown VLAN are dropped (the MAC filter), and the rest go to the protocol
-    /// handler of their EtherType: `arp_rcv` or `ip_rcv`.
+    /// Ethernet header: the link layer takes it in ([`Link::eth_type_trans`]), then the
+    /// protocol handler of its EtherType gets it: `arp_rcv` or `ip_rcv`.
     #[tracing::instrument(level = "trace", name = "netif_receive_skb", skip_all, fields(dev = dev.0, len = skb.len()))]
-    pub fn netif_receive_skb(&mut self, now: crate::time::Instant, dev: DeviceId, mut skb: Skb) {
+    pub fn netif_receive_skb(&mut self, now: crate::time::Instant, dev: DeviceId, skb: Skb) {
         self.now = now;
-        skb.tstamp = now;
-        skb.ifindex = dev.0;
-        let Some(d) = self.link.devs.get_mut(dev) else {
-            tracing::warn!(%dev, "drop: frame for a device the stack does not have");
+        let Some(skb) = self.link.eth_type_trans(now, dev, skb) else {
             return;
         };
-        d.stats.rx_packets += 1;
-        d.stats.rx_bytes += skb.len() as u64;
-
-        let repr =
-            match EthernetFrame::new_checked(skb.data()).and_then(|f| EthernetRepr::parse(&f)) {
-                Ok(r) => r,
-                Err(_) => {
-                    d.stats.rx_errors += 1;
-                    tracing::trace!("drop: runt or undecodable Ethernet frame");
-                    return;
-                }
-            };
-        skb.reset_mac_header();
-        skb.pkt_type = if repr.dst == d.mac {
-            PktType::Host
-        } else if repr.dst.is_broadcast() {
-            PktType::Broadcast
-        } else if repr.dst.is_multicast() {
-            PktType::Multicast
-        } else {
-            PktType::OtherHost
-        };
-        if !d.taps.is_empty() {
-            d.deliver_to_taps(&skb);
-        }
-        if skb.pull(repr.header_len()).is_err() {
-            d.stats.rx_errors += 1;
-            return;
-        }
-        skb.protocol = repr.ethertype;
-        if let Some(tag) = repr.vlan {
-            skb.vlan_tci = Some(tag.to_tci());
-            // No VLAN devices: only priority-tagged frames (VID 0, IEEE 802.1Q-2018
-            // 6.9.1) belong to the untagged device; others are someone else's.
-            if tag.vid != 0 {
-                skb.pkt_type = PktType::OtherHost;
-            }
-        }
-        if skb.pkt_type == PktType::OtherHost {
-            d.stats.rx_otherhost += 1;
-            tracing::trace!("drop: PACKET_OTHERHOST");
-            return;
-        }
-        skb.reset_network_header();
         match skb.protocol {
             ethertype::IPV4 => self.ip_rcv(skb),
             ethertype::ARP => self.arp_rcv(dev, skb),
-            _ => {
-                d.stats.rx_nohandler += 1;
-                tracing::trace!(ethertype = skb.protocol, "drop: no protocol handler");
-            }
+            _ => self.link.no_handler(dev, skb.protocol),
         }
         self.process_backlog();
     }
@@ -471,91 +578,12 @@ impl Stack {
     pub(crate) fn dev_hard_header_xmit(
         &mut self,
         dev: DeviceId,
-        mut skb: Skb,
+        skb: Skb,
         dst: MacAddr,
         proto: u16,
     ) {
-        let Some(d) = self.link.devs.get_mut(dev) else {
-            return;
-        };
-        let repr = EthernetRepr {
-            dst,
-            src: d.mac,
-            vlan: None,
-            ethertype: proto,
-        };
-        skb.protocol = proto;
-        match skb.push(repr.header_len()) {
-            Ok(hdr) => repr.emit(hdr),
-            Err(_) => {
-                // Every egress skb is allocated with MAX_HEADER of headroom; a packet
-                // that lost it is a bug upstream, counted rather than trusted.
-                d.stats.tx_dropped += 1;
-                tracing::warn!("drop: no headroom for the Ethernet header");
-                return;
-            }
-        }
-        self.dev_queue_xmit(dev, skb);
-    }
-
-    /// Queue a complete frame (`data` at the Ethernet header) on `dev`'s qdisc and run
-    /// it. What the device cannot do is done first in software (`validate_xmit_skb`):
-    /// a GSO super-packet for a device without TSO is cut into its segments, a partial
-    /// checksum for a device without checksum offload is completed.
-    #[tracing::instrument(level = "trace", name = "dev_queue_xmit", skip_all, fields(dev = dev.0, len = skb.len()))]
-    pub(crate) fn dev_queue_xmit(&mut self, dev: DeviceId, skb: Skb) {
-        debug_assert!(skb.len() >= ethernet::HEADER_LEN);
-        let Some(d) = self.link.devs.get_mut(dev) else {
-            return;
-        };
-        let partial = matches!(skb.ip_summed, IpSummed::Partial { .. });
-        if (skb.gso_size > 0 && !d.offloads.tso) || (partial && !d.offloads.csum) {
-            // `netif_needs_gso` -> `skb_gso_segment`, or `skb_checksum_help`. Linux does
-            // this as the qdisc hands the packet to the driver; here it happens before
-            // the qdisc, so the qdisc and the taps see the segments (the taps see them
-            // in Linux too, `dev_queue_xmit_nit` runs after `validate_xmit_skb`).
-            let owner = skb.owner_w().cloned();
-            let mut segs = Vec::new();
-            if let Err(e) = gso::skb_gso_segment(skb, &self.pool, &mut segs) {
-                d.stats.tx_dropped += 1;
-                tracing::trace!(?e, "drop: validate_xmit_skb failed");
-                return;
-            }
-            for mut seg in segs {
-                if let Some(owner) = &owner {
-                    if seg.owner_w().is_none() {
-                        seg.set_owner_w(owner);
-                    }
-                }
-                self.dev_queue_xmit_one(dev, seg);
-            }
-            return;
-        }
-        self.dev_queue_xmit_one(dev, skb);
-    }
-
-    /// One wire-ready frame onto `dev`'s taps and qdisc (`__dev_xmit_skb`).
-    fn dev_queue_xmit_one(&mut self, dev: DeviceId, mut skb: Skb) {
-        let Some(d) = self.link.devs.get_mut(dev) else {
-            return;
-        };
-        skb.reset_mac_header();
-        skb.ifindex = dev.0;
-        if !d.taps.is_empty() {
-            let mut seen = skb.clone();
-            seen.pkt_type = PktType::Outgoing;
-            // The time it was sent, as `dev_queue_xmit_nit` stamps its clone
-            // (`net_timestamp_set`); the skb's own tstamp is its arrival, or nothing.
-            seen.tstamp = self.now;
-            d.deliver_to_taps(&seen);
-        }
-        if let Err(dropped) = d.qdisc.enqueue(skb) {
-            d.stats.tx_dropped += 1;
-            tracing::trace!("drop: qdisc full");
-            drop(dropped);
-            return;
-        }
-        qdisc_run(d);
+        self.link
+            .dev_hard_header_xmit(self.now, &self.pool, dev, skb, dst, proto);
     }
 
     /// The next frame for a wire and the device it leaves by (`data` at the Ethernet
@@ -563,18 +591,7 @@ impl Stack {
     /// frame each. Wakes a stopped queue once a quarter of its ring is free.
     pub fn poll_transmit(&mut self, now: crate::time::Instant) -> Option<(DeviceId, Skb)> {
         self.now = now;
-        let n = self.link.devs.slots.len();
-        for i in 0..n {
-            let at = (self.link.devs.tx_cursor + i) % n;
-            let Some(Some(d)) = self.link.devs.slots.get_mut(at) else {
-                continue;
-            };
-            if let Some(skb) = dev_xmit_one(d) {
-                self.link.devs.tx_cursor = at + 1;
-                return Some((d.id, skb));
-            }
-        }
-        None
+        self.link.poll_transmit()
     }
 
     /// The next frame for `dev`'s wire only, for a driver that runs a loop per device.
@@ -619,6 +636,27 @@ impl Stack {
             .and_then(|d| d.taps.get(tap.1))
             .map_or(0, |t| t.drops)
     }
+}
+
+/// One wire-ready frame onto `d`'s taps and qdisc (`__dev_xmit_skb`).
+fn dev_queue_xmit_one(d: &mut NetDevice, now: crate::time::Instant, mut skb: Skb) {
+    skb.reset_mac_header();
+    skb.ifindex = d.id.0;
+    if !d.taps.is_empty() {
+        let mut seen = skb.clone();
+        seen.pkt_type = PktType::Outgoing;
+        // The time it was sent, as `dev_queue_xmit_nit` stamps its clone
+        // (`net_timestamp_set`); the skb's own tstamp is its arrival, or nothing.
+        seen.tstamp = now;
+        d.deliver_to_taps(&seen);
+    }
+    if let Err(dropped) = d.qdisc.enqueue(skb) {
+        d.stats.tx_dropped += 1;
+        tracing::trace!("drop: qdisc full");
+        drop(dropped);
+        return;
+    }
+    qdisc_run(d);
 }
 
 /// `__qdisc_run`: move packets from the qdisc to the TX ring until it is empty or the

@@ -182,7 +182,7 @@ impl Stack {
     /// `ip_finish_output_gso`: a super-packet whose segments fit the MTU
     /// (`skb_gso_validate_network_len`) goes on whole; the device, or
     /// `validate_xmit_skb` in software for a device without TSO (see
-    /// [`Stack::dev_queue_xmit`]), cuts it. Looped back to ourselves it is delivered
+    /// [`crate::dev::Link::dev_queue_xmit`]), cuts it. Looped back to ourselves it is delivered
     /// whole, as GRO would. Otherwise (a GRO'd packet forwarded to a smaller MTU with DF
     /// clear) it is segmented here and each segment goes through `ip_fragment`.
     #[tracing::instrument(level = "trace", name = "ip_finish_output_gso", skip_all)]
