@@ -186,3 +186,21 @@ pub fn reply_lines(text: &str) -> Vec<&str> {
 pub fn asset(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// The MAC address in what `ip -o link show DEV` prints, as it prints it
+/// (`02:00:c0:00:02:02`).
+pub fn link_mac(ip_link: &str) -> Option<&str> {
+    ip_link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+}
+
+/// A MAC address as `ip` prints it.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).ok())
+        .collect::<Option<_>>()?;
+    v.try_into().ok()
+}

@@ -106,6 +106,139 @@ enum Progress {
     Busy,
 }
 
+/// The run loops of [`Pair`] and [`Net`]: each says what one round at `now` is and when
+/// its next event is due; stepping, settling, the run loops and the livelock check are
+/// the same for both.
+trait Stepper {
+    /// Virtual time (the `now` field).
+    fn now(&self) -> Instant;
+
+    /// The `now` field, for the provided methods to move it (only by [`Stepper::move_to`]).
+    fn now_mut(&mut self) -> &mut Instant;
+
+    /// One round at `now`: TX rings onto the wires, due frames off them, due timers.
+    /// Returns whether anything happened (replies it caused go out next round).
+    fn round(&mut self) -> bool;
+
+    /// The earliest pending event: a frame to send (now), a frame due, a timer.
+    fn next_event(&self) -> Option<Instant>;
+
+    /// Move `now` to `t`, never backwards.
+    fn move_to(&mut self, t: Instant) {
+        let now = self.now_mut();
+        *now = (*now).max(t);
+    }
+
+    /// Do what is due at `now`, move to the next event but not past `limit`, and do that
+    /// too; false when nothing is pending anywhere.
+    fn step(&mut self, limit: Instant) -> bool {
+        self.step_inner(limit) != Progress::Idle
+    }
+
+    /// Step until idle (true) or until `deadline` (false).
+    fn run_until_idle(&mut self, deadline: Instant) -> bool {
+        let mut busy = 0;
+        loop {
+            match self.step_inner(deadline) {
+                Progress::Idle => return true,
+                Progress::Limited => return false,
+                Progress::Advanced => busy = 0,
+                Progress::Busy => self.check_livelock(&mut busy),
+            }
+        }
+    }
+
+    /// Step until `cond(self)` holds (checked first and after every instant's events)
+    /// or `deadline` passes, leaving `now` at `deadline`; returns whether it held.
+    fn run_until(&mut self, deadline: Instant, mut cond: impl FnMut(&mut Self) -> bool) -> bool {
+        let mut busy = 0;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            match self.step_inner(deadline) {
+                Progress::Limited => return cond(self),
+                Progress::Idle => {
+                    self.move_to(deadline);
+                    return cond(self);
+                }
+                Progress::Advanced => busy = 0,
+                Progress::Busy => self.check_livelock(&mut busy),
+            }
+        }
+    }
+
+    /// Jump `d` ahead, running everything due on the way and at the end.
+    fn advance(&mut self, d: Duration) {
+        let target = self.now() + d;
+        let mut busy = 0;
+        loop {
+            match self.step_inner(target) {
+                Progress::Idle | Progress::Limited => break,
+                Progress::Advanced => busy = 0,
+                Progress::Busy => self.check_livelock(&mut busy),
+            }
+        }
+        self.move_to(target);
+    }
+
+    /// Everything due at `now`, until nothing more happens, without moving time.
+    fn settle_now(&mut self) {
+        let mut busy = 0;
+        while !self.settle() {
+            self.check_livelock(&mut busy);
+        }
+    }
+
+    /// Count one capped step at `now` in `busy`; panics after [`LIVELOCK_STEPS`].
+    fn check_livelock(&self, busy: &mut usize) {
+        *busy += 1;
+        assert!(
+            *busy < LIVELOCK_STEPS,
+            "sim: still busy at {:?} after {} rounds without time moving: \
+             the stacks are answering each other forever",
+            self.now(),
+            LIVELOCK_STEPS * MAX_ROUNDS_PER_STEP
+        );
+    }
+
+    /// Settle `now`, move to the next event (within `limit`) and settle that. Between
+    /// steps the stacks are always settled: nothing is due at or before `now`, so what a
+    /// caller sees after a step is the state at `now`.
+    fn step_inner(&mut self, limit: Instant) -> Progress {
+        // What the caller did since the last step (a send at `now`) goes first.
+        if !self.settle() {
+            return Progress::Busy;
+        }
+        match self.next_event() {
+            None => Progress::Idle,
+            Some(t) if t > limit => {
+                self.move_to(limit);
+                Progress::Limited
+            }
+            Some(t) => {
+                self.move_to(t);
+                if self.settle() {
+                    Progress::Advanced
+                } else {
+                    Progress::Busy
+                }
+            }
+        }
+    }
+
+    /// Rounds at `now` until nothing more happens; false if [`MAX_ROUNDS_PER_STEP`]
+    /// rounds were not enough.
+    fn settle(&mut self) -> bool {
+        for _ in 0..MAX_ROUNDS_PER_STEP {
+            if !self.round() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// Two hosts joined by a [`Link`], driven in virtual time.
 #[derive(Debug)]
 pub struct Pair {
@@ -161,7 +294,7 @@ impl Pair {
     /// garbage-collection timer, so it is idle only once they are collected. To wait for
     /// the wire to empty instead, use `run_until(deadline, |p| p.in_flight() == 0)`.
     pub fn step(&mut self, limit: Instant) -> bool {
-        self.step_inner(limit) != Progress::Idle
+        Stepper::step(self, limit)
     }
 
     /// Step until idle or until `deadline` (virtual), returning whether it went idle.
@@ -169,15 +302,7 @@ impl Pair {
     /// # Panics
     /// If the stacks keep exchanging frames without time moving (a livelock).
     pub fn run_until_idle(&mut self, deadline: Instant) -> bool {
-        let mut busy = 0;
-        loop {
-            match self.step_inner(deadline) {
-                Progress::Idle => return true,
-                Progress::Limited => return false,
-                Progress::Advanced => busy = 0,
-                Progress::Busy => self.check_livelock(&mut busy),
-            }
-        }
+        Stepper::run_until_idle(self, deadline)
     }
 
     /// Step until `cond(self)` is true or `deadline` passes; returns whether `cond` held.
@@ -186,26 +311,8 @@ impl Pair {
     ///
     /// # Panics
     /// If the stacks keep exchanging frames without time moving (a livelock).
-    pub fn run_until(
-        &mut self,
-        deadline: Instant,
-        mut cond: impl FnMut(&mut Pair) -> bool,
-    ) -> bool {
-        let mut busy = 0;
-        loop {
-            if cond(self) {
-                return true;
-            }
-            match self.step_inner(deadline) {
-                Progress::Limited => return cond(self),
-                Progress::Idle => {
-                    self.now = self.now.max(deadline);
-                    return cond(self);
-                }
-                Progress::Advanced => busy = 0,
-                Progress::Busy => self.check_livelock(&mut busy),
-            }
-        }
+    pub fn run_until(&mut self, deadline: Instant, cond: impl FnMut(&mut Pair) -> bool) -> bool {
+        Stepper::run_until(self, deadline, cond)
     }
 
     /// Jump `d` ahead, running everything due on the way (and at the end).
@@ -213,63 +320,17 @@ impl Pair {
     /// # Panics
     /// If the stacks keep exchanging frames without time moving (a livelock).
     pub fn advance(&mut self, d: Duration) {
-        let target = self.now + d;
-        let mut busy = 0;
-        loop {
-            match self.step_inner(target) {
-                Progress::Idle | Progress::Limited => break,
-                Progress::Advanced => busy = 0,
-                Progress::Busy => self.check_livelock(&mut busy),
-            }
-        }
-        self.now = self.now.max(target);
+        Stepper::advance(self, d)
+    }
+}
+
+impl Stepper for Pair {
+    fn now(&self) -> Instant {
+        self.now
     }
 
-    fn check_livelock(&self, busy: &mut usize) {
-        *busy += 1;
-        assert!(
-            *busy < LIVELOCK_STEPS,
-            "sim: still busy at {:?} after {} rounds without time moving: \
-             the stacks are answering each other forever",
-            self.now,
-            LIVELOCK_STEPS * MAX_ROUNDS_PER_STEP
-        );
-    }
-
-    /// Settle `now`, move to the next event (within `limit`) and settle that. Between
-    /// steps the pair is always settled: nothing is due at or before `now`, so what a
-    /// caller sees after a step is the state at `now`.
-    fn step_inner(&mut self, limit: Instant) -> Progress {
-        // What the caller did since the last step (a send at `now`) goes first.
-        if !self.settle() {
-            return Progress::Busy;
-        }
-        match self.next_event() {
-            None => Progress::Idle,
-            Some(t) if t > limit => {
-                self.now = self.now.max(limit);
-                Progress::Limited
-            }
-            Some(t) => {
-                self.now = self.now.max(t);
-                if self.settle() {
-                    Progress::Advanced
-                } else {
-                    Progress::Busy
-                }
-            }
-        }
-    }
-
-    /// Rounds at `now` until nothing more happens; false if [`MAX_ROUNDS_PER_STEP`]
-    /// rounds were not enough.
-    fn settle(&mut self) -> bool {
-        for _ in 0..MAX_ROUNDS_PER_STEP {
-            if !self.round() {
-                return true;
-            }
-        }
-        false
+    fn now_mut(&mut self) -> &mut Instant {
+        &mut self.now
     }
 
     /// One round at `now`: TX rings onto the wire, due frames off it, due timers.
@@ -510,16 +571,13 @@ impl Net {
     /// # Panics
     /// If the stacks keep exchanging frames without end at this instant (a livelock).
     pub fn settle_now(&mut self) {
-        let mut busy = 0;
-        while !self.settle() {
-            self.check_livelock(&mut busy);
-        }
+        Stepper::settle_now(self)
     }
 
     /// Do what is due at `now`, then move to the next event (a frame due, a stack timer)
     /// but not past `limit`, and do that. Returns false when nothing is pending.
     pub fn step(&mut self, limit: Instant) -> bool {
-        self.step_inner(limit) != Progress::Idle
+        Stepper::step(self, limit)
     }
 
     /// Step until idle or `deadline`; returns whether it went idle. Stacks with
@@ -528,15 +586,7 @@ impl Net {
     /// # Panics
     /// On a livelock, as [`Net::settle_now`].
     pub fn run_until_idle(&mut self, deadline: Instant) -> bool {
-        let mut busy = 0;
-        loop {
-            match self.step_inner(deadline) {
-                Progress::Idle => return true,
-                Progress::Limited => return false,
-                Progress::Advanced => busy = 0,
-                Progress::Busy => self.check_livelock(&mut busy),
-            }
-        }
+        Stepper::run_until_idle(self, deadline)
     }
 
     /// Step until `cond(self)` holds or `deadline` passes; returns whether it held.
@@ -544,22 +594,8 @@ impl Net {
     ///
     /// # Panics
     /// On a livelock, as [`Net::settle_now`].
-    pub fn run_until(&mut self, deadline: Instant, mut cond: impl FnMut(&mut Net) -> bool) -> bool {
-        let mut busy = 0;
-        loop {
-            if cond(self) {
-                return true;
-            }
-            match self.step_inner(deadline) {
-                Progress::Limited => return cond(self),
-                Progress::Idle => {
-                    self.now = self.now.max(deadline);
-                    return cond(self);
-                }
-                Progress::Advanced => busy = 0,
-                Progress::Busy => self.check_livelock(&mut busy),
-            }
-        }
+    pub fn run_until(&mut self, deadline: Instant, cond: impl FnMut(&mut Net) -> bool) -> bool {
+        Stepper::run_until(self, deadline, cond)
     }
 
     /// Jump `d` ahead, running everything due on the way and at the end.
@@ -567,56 +603,17 @@ impl Net {
     /// # Panics
     /// On a livelock, as [`Net::settle_now`].
     pub fn advance(&mut self, d: Duration) {
-        let target = self.now + d;
-        let mut busy = 0;
-        loop {
-            match self.step_inner(target) {
-                Progress::Idle | Progress::Limited => break,
-                Progress::Advanced => busy = 0,
-                Progress::Busy => self.check_livelock(&mut busy),
-            }
-        }
-        self.now = self.now.max(target);
+        Stepper::advance(self, d)
+    }
+}
+
+impl Stepper for Net {
+    fn now(&self) -> Instant {
+        self.now
     }
 
-    fn check_livelock(&self, busy: &mut usize) {
-        *busy += 1;
-        assert!(
-            *busy < LIVELOCK_STEPS,
-            "sim: still busy at {:?} after {} rounds without time moving",
-            self.now,
-            LIVELOCK_STEPS * MAX_ROUNDS_PER_STEP
-        );
-    }
-
-    fn step_inner(&mut self, limit: Instant) -> Progress {
-        if !self.settle() {
-            return Progress::Busy;
-        }
-        match self.next_event() {
-            None => Progress::Idle,
-            Some(t) if t > limit => {
-                self.now = self.now.max(limit);
-                Progress::Limited
-            }
-            Some(t) => {
-                self.now = self.now.max(t);
-                if self.settle() {
-                    Progress::Advanced
-                } else {
-                    Progress::Busy
-                }
-            }
-        }
-    }
-
-    fn settle(&mut self) -> bool {
-        for _ in 0..MAX_ROUNDS_PER_STEP {
-            if !self.round() {
-                return true;
-            }
-        }
-        false
+    fn now_mut(&mut self) -> &mut Instant {
+        &mut self.now
     }
 
     /// One round at `now`: TX rings onto the wires, due frames off them, due timers.

@@ -2,6 +2,8 @@
 //! source address and device a packet leaves by, rp_filter, per-device counters. Exact
 //! frames, virtual time.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use stack_core::dev::DevError;
@@ -10,13 +12,15 @@ use stack_core::ipv4::route::{RouteProto, RouteType, Table};
 use stack_core::ipv4::{Ipv4Conf, RpFilter};
 use stack_core::neigh::NudState;
 use stack_core::skb::Skb;
-use stack_core::wire::arp::{ArpOp, ArpPacket, ArpRepr};
+use stack_core::wire::arp::{ArpOp, ArpRepr};
 use stack_core::wire::checksum;
 use stack_core::wire::ethernet::{ethertype, EthernetFrame, EthernetRepr};
 use stack_core::wire::icmpv4::Icmpv4Repr;
-use stack_core::wire::ipv4::{protocol, Ipv4Options, Ipv4Packet, Ipv4Repr};
+use stack_core::wire::ipv4::{protocol, Ipv4Packet, Ipv4Repr};
 use stack_core::wire::MacAddr;
 use stack_core::{DeviceId, IfAddr, Instant, NetDeviceConfig, SendError, Stack};
+
+use common::{arp_from, datagram, eth_from, icmp, parse_arp, parse_eth_arp};
 
 const T0: Instant = Instant::ZERO;
 const A_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -44,7 +48,7 @@ fn two_devices(conf: Ipv4Conf) -> (Stack, DeviceId, DeviceId) {
     s.addr_add(b, IfAddr::new(B_ADDR, 24)).unwrap();
     let garps: Vec<(DeviceId, ArpRepr)> = drain(&mut s)
         .into_iter()
-        .map(|(d, f)| (d, parse_arp(&f).1))
+        .map(|(d, f)| (d, parse_arp(&f)))
         .collect();
     assert_eq!(garps.len(), 2);
     assert_eq!((garps[0].0, garps[0].1.sender_ip), (a, A_ADDR));
@@ -56,78 +60,27 @@ fn drain(s: &mut Stack) -> Vec<(DeviceId, Skb)> {
     std::iter::from_fn(|| s.poll_transmit(T0)).collect()
 }
 
-fn eth(src: MacAddr, dst: MacAddr, proto: u16, payload: &[u8]) -> Skb {
-    let repr = EthernetRepr {
-        dst,
-        src,
-        vlan: None,
-        ethertype: proto,
-    };
-    let mut buf = vec![0u8; repr.header_len() + payload.len()];
-    repr.emit(&mut buf);
-    buf[repr.header_len()..].copy_from_slice(payload);
-    Skb::from_vec(buf)
-}
-
 fn arp_req(from_mac: MacAddr, from_ip: Ipv4Addr, target: Ipv4Addr) -> Skb {
-    let repr = ArpRepr {
-        op: ArpOp::Request,
-        sender_mac: from_mac,
-        sender_ip: from_ip,
-        target_mac: MacAddr::ZERO,
-        target_ip: target,
-    };
-    let mut buf = [0u8; 28];
-    repr.emit(&mut buf);
-    eth(from_mac, MacAddr::BROADCAST, ethertype::ARP, &buf)
+    arp_from(
+        ArpOp::Request,
+        (from_mac, from_ip),
+        MacAddr::BROADCAST,
+        (MacAddr::ZERO, target),
+    )
 }
 
 fn arp_reply(from_mac: MacAddr, from_ip: Ipv4Addr, to_mac: MacAddr, to_ip: Ipv4Addr) -> Skb {
-    let repr = ArpRepr {
-        op: ArpOp::Reply,
-        sender_mac: from_mac,
-        sender_ip: from_ip,
-        target_mac: to_mac,
-        target_ip: to_ip,
-    };
-    let mut buf = [0u8; 28];
-    repr.emit(&mut buf);
-    eth(from_mac, to_mac, ethertype::ARP, &buf)
+    arp_from(ArpOp::Reply, (from_mac, from_ip), to_mac, (to_mac, to_ip))
 }
 
 fn echo(src_mac: MacAddr, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr) -> Skb {
-    let req = Icmpv4Repr::EchoRequest {
+    let req = icmp(&Icmpv4Repr::EchoRequest {
         ident: 7,
         seq: 1,
         data: b"ping",
-    };
-    let mut icmp = vec![0u8; req.buffer_len()];
-    req.emit(&mut icmp);
-    let ip = Ipv4Repr {
-        src,
-        dst,
-        protocol: protocol::ICMP,
-        ttl: 64,
-        tos: 0,
-        ident: 1,
-        dont_frag: true,
-        more_frags: false,
-        frag_offset: 0,
-        payload_len: icmp.len(),
-        options: Ipv4Options::default(),
-    };
-    let mut buf = vec![0u8; ip.header_len() + icmp.len()];
-    ip.emit(&mut buf);
-    buf[ip.header_len()..].copy_from_slice(&icmp);
-    eth(src_mac, dst_mac, ethertype::IPV4, &buf)
-}
-
-fn parse_arp(skb: &Skb) -> (EthernetRepr, ArpRepr) {
-    let f = EthernetFrame::new_checked(skb.data()).unwrap();
-    let e = EthernetRepr::parse(&f).unwrap();
-    assert_eq!(e.ethertype, ethertype::ARP);
-    let a = ArpRepr::parse(&ArpPacket::new_checked(f.payload()).unwrap()).unwrap();
-    (e, a)
+    });
+    let ip = datagram(src, dst, protocol::ICMP, 64, true, 1, &req);
+    eth_from(src_mac, dst_mac, ethertype::IPV4, &ip)
 }
 
 /// (Ethernet header, IP header) of an IPv4 frame, checking the header checksum.
@@ -149,7 +102,7 @@ fn arp_is_answered_on_the_device_asked_with_its_own_mac() {
     assert_eq!(out.len(), 1);
     let (dev, frame) = &out[0];
     assert_eq!(*dev, b);
-    let (e, reply) = parse_arp(frame);
+    let (e, reply) = parse_eth_arp(frame);
     assert_eq!((e.src, e.dst), (B_MAC, HB_MAC));
     assert_eq!(
         (reply.op, reply.sender_ip, reply.sender_mac, reply.target_ip),
@@ -166,7 +119,7 @@ fn arp_is_answered_on_the_device_asked_with_its_own_mac() {
     let out = drain(&mut s);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, b);
-    let (_, reply) = parse_arp(&out[0].1);
+    let (_, reply) = parse_eth_arp(&out[0].1);
     assert_eq!((reply.sender_ip, reply.sender_mac), (A_ADDR, B_MAC));
     // Counters are per device.
     assert_eq!(s.device(b).stats.rx_packets, 2);
@@ -193,7 +146,7 @@ fn a_packet_leaves_by_its_routes_device_from_that_devices_address() {
     let out = drain(&mut s);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, b);
-    let (e, req) = parse_arp(&out[0].1);
+    let (e, req) = parse_eth_arp(&out[0].1);
     assert_eq!((e.src, e.dst), (B_MAC, MacAddr::BROADCAST));
     assert_eq!((req.sender_ip, req.target_ip), (B_ADDR, HB));
     s.netif_receive_skb(T0, b, arp_reply(HB_MAC, HB, B_MAC, B_ADDR));
@@ -207,7 +160,7 @@ fn a_packet_leaves_by_its_routes_device_from_that_devices_address() {
     s.ping_sendmsg(T0, id, HA, 2, b"x").unwrap();
     let out = drain(&mut s);
     assert_eq!(out[0].0, a);
-    assert_eq!(parse_arp(&out[0].1).1.sender_ip, A_ADDR);
+    assert_eq!(parse_arp(&out[0].1).sender_ip, A_ADDR);
     // A UDP socket bound to the wildcard gets the source of the route's device.
     let u = s.udp_socket();
     let local = s.udp_connect(u, SocketAddrV4::new(HA, 53)).unwrap();
@@ -332,7 +285,7 @@ fn route_add_finds_the_gateways_device_and_refuses_what_ip_route_refuses() {
     let out = drain(&mut s);
     assert_eq!(out[0].0, a);
     assert_eq!(
-        parse_arp(&out[0].1).1.target_ip,
+        parse_arp(&out[0].1).target_ip,
         Ipv4Addr::new(192, 0, 2, 254)
     );
     s.route_del(backup).unwrap();

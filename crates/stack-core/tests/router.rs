@@ -8,6 +8,8 @@
 //!   C 10.0.3.10 ── r2 10.0.3.1 ┘  (r2 and C: MTU 1400)
 //! ```
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use stack_core::dev::DeviceId;
@@ -19,16 +21,18 @@ use stack_core::ping::PingMsgKind;
 use stack_core::sim::{Captured, LinkId, Net};
 use stack_core::skb::{IpSummed, Skb};
 use stack_core::tcp::TcpState;
-use stack_core::wire::arp::{ArpOp, ArpPacket, ArpRepr};
+use stack_core::wire::arp::{ArpOp, ArpRepr};
 use stack_core::wire::checksum;
 use stack_core::wire::ethernet::{ethertype, EthernetFrame, EthernetRepr};
-use stack_core::wire::ipv4::{protocol, Ipv4Options, Ipv4Packet, Ipv4Repr};
+use stack_core::wire::ipv4::{protocol, Ipv4Packet, Ipv4Repr};
 use stack_core::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
 use stack_core::wire::udp::{UdpPacket, UdpRepr};
 use stack_core::wire::MacAddr;
 use stack_core::{
     Duration, IfAddr, Instant, NetDeviceConfig, Offloads, SendError, SocketId, Stack, StackConfig,
 };
+
+use common::{datagram, eth_from, parse_arp, parse_eth_arp, pattern};
 
 const R: usize = 0;
 const A: usize = 1;
@@ -119,7 +123,7 @@ fn topology(offl: Offl, conf: Ipv4Conf) -> Topo {
     let mut t = Topo { net, links };
     // Only the gratuitous ARPs so far, one each way on every link.
     for l in links {
-        let garps: Vec<ArpRepr> = t.take(l).iter().map(|c| arp(&c.frame).1).collect();
+        let garps: Vec<ArpRepr> = t.take(l).iter().map(|c| parse_arp(&c.frame)).collect();
         assert_eq!(garps.len(), 2);
         assert!(garps.iter().all(|a| a.sender_ip == a.target_ip));
     }
@@ -152,6 +156,15 @@ impl Topo {
 
     fn stack(&mut self, i: usize) -> &mut Stack {
         &mut self.net.stacks[i]
+    }
+
+    /// An echo request from `host`'s ping socket `sock`, sent now; nothing moves until
+    /// the next settle.
+    fn ping(&mut self, host: usize, sock: SocketId, to: Ipv4Addr, seq: u16, data: &[u8]) {
+        let now = self.net.now;
+        self.stack(host)
+            .ping_sendmsg(now, sock, to, seq, data)
+            .unwrap();
     }
 
     /// Everything that can happen without time moving (the links have no delay).
@@ -190,16 +203,6 @@ fn ip(skb: &Skb) -> Option<IpFrame> {
     })
 }
 
-fn arp(skb: &Skb) -> (EthernetRepr, ArpRepr) {
-    let f = EthernetFrame::new_checked(skb.data()).unwrap();
-    let eth = EthernetRepr::parse(&f).unwrap();
-    assert_eq!(eth.ethertype, ethertype::ARP);
-    (
-        eth,
-        ArpRepr::parse(&ArpPacket::new_checked(f.payload()).unwrap()).unwrap(),
-    )
-}
-
 /// (type, code, rest of header, data) of an ICMP message, its checksum checked.
 fn icmp(f: &IpFrame) -> (u8, u8, u32, Vec<u8>) {
     assert_eq!(f.ip.protocol, protocol::ICMP);
@@ -233,16 +236,7 @@ fn masked(raw: &[u8]) -> Vec<u8> {
 
 /// An Ethernet frame from `src` to `dst` carrying `ip` (a whole datagram).
 fn frame(src: MacAddr, dst: MacAddr, ip: &[u8]) -> Skb {
-    let eth = EthernetRepr {
-        dst,
-        src,
-        vlan: None,
-        ethertype: ethertype::IPV4,
-    };
-    let mut buf = vec![0u8; eth.header_len() + ip.len()];
-    eth.emit(&mut buf);
-    buf[eth.header_len()..].copy_from_slice(ip);
-    Skb::from_vec(buf)
+    eth_from(src, dst, ethertype::IPV4, ip)
 }
 
 /// An IPv4 datagram carrying UDP `payload` from `src` to `dst`:9.
@@ -255,47 +249,6 @@ fn udp_datagram(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, df: bool, payload: &[u8])
     }
     .emit(&mut l4, payload.len(), src, dst);
     datagram(src, dst, protocol::UDP, ttl, df, 0x4242, &l4)
-}
-
-fn datagram(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    proto: u8,
-    ttl: u8,
-    df: bool,
-    ident: u16,
-    l4: &[u8],
-) -> Vec<u8> {
-    let repr = Ipv4Repr {
-        src,
-        dst,
-        protocol: proto,
-        ttl,
-        tos: 0,
-        ident,
-        dont_frag: df,
-        more_frags: false,
-        frag_offset: 0,
-        payload_len: l4.len(),
-        options: Ipv4Options::default(),
-    };
-    let mut buf = vec![0u8; repr.buffer_len()];
-    repr.emit(&mut buf);
-    buf[repr.header_len()..].copy_from_slice(l4);
-    buf
-}
-
-/// Deterministic bytes (xorshift32), so content is checked, not only length.
-fn pattern(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 7) as u8
-        })
-        .collect()
 }
 
 /// Frames on `link` that the router sent / that the host sent.
@@ -328,10 +281,7 @@ fn echo_and_udp_cross_the_router_between_every_pair_of_hosts() {
             // ICMP echo, x -> y and back.
             let sock = t.stack(x).ping_open();
             let data = pattern(56, (x * 10 + y) as u32);
-            let now = t.net.now;
-            t.stack(x)
-                .ping_sendmsg(now, sock, H_IP[yi], 1, &data)
-                .unwrap();
+            t.ping(x, sock, H_IP[yi], 1, &data);
             t.settle();
             let reply = t.stack(x).ping_recvmsg(sock).expect("echo reply");
             assert_eq!(reply.kind, PingMsgKind::EchoReply);
@@ -430,10 +380,7 @@ fn arp_is_per_side_each_host_knows_the_router_mac_of_its_link() {
     for x in HOSTS {
         let sock = t.stack(x).ping_open();
         let y = if x == C { A } else { x + 1 };
-        let now = t.net.now;
-        t.stack(x)
-            .ping_sendmsg(now, sock, H_IP[side(y)], 1, b"hi")
-            .unwrap();
+        t.ping(x, sock, H_IP[side(y)], 1, b"hi");
         t.settle();
         assert!(t.stack(x).ping_recvmsg(sock).is_some());
     }
@@ -477,7 +424,7 @@ fn arp_is_per_side_each_host_knows_the_router_mac_of_its_link() {
             .into_iter()
             .filter(|c| ip(&c.frame).is_none())
             .map(|c| {
-                let (e, a) = arp(&c.frame);
+                let (e, a) = parse_eth_arp(&c.frame);
                 (c.from == Some((R, [R0, R1, R2][i])), e, a)
             })
             .collect();
@@ -503,10 +450,7 @@ fn ttl_one_is_time_exceeded_from_the_input_device_address_quoting_the_datagram()
     let mut t = router();
     // Let the router learn A (its ARP request for 10.0.1.1).
     let sock = t.stack(A).ping_open();
-    let now = t.net.now;
-    t.stack(A)
-        .ping_sendmsg(now, sock, H_IP[1], 1, b"x")
-        .unwrap();
+    t.ping(A, sock, H_IP[1], 1, b"x");
     t.settle();
     t.ip(t.links[0]);
     t.ip(t.links[1]);
@@ -574,10 +518,7 @@ fn no_route_is_net_unreachable_limited_per_source_like_ip_error() {
     // inet_peer's tokens: each unreachable sent costs 2 s, so two go out, the third is
     // refused by icmp_send (OutRateLimitHost), the rest by ip_error.
     for seq in 0..5 {
-        let now = t.net.now;
-        t.stack(A)
-            .ping_sendmsg(now, sock, UNROUTED, seq, b"x")
-            .unwrap();
+        t.ping(A, sock, UNROUTED, seq, b"x");
     }
     t.settle();
     let check = |t: &mut Topo, want: &[u16]| {
@@ -615,27 +556,18 @@ fn no_route_is_net_unreachable_limited_per_source_like_ip_error() {
     let peer = t.net.stacks[R].inet_peer(H_IP[0]).unwrap();
     assert_eq!(peer.rate_tokens, 0);
     t.net.advance(Duration::from_secs(1));
-    let now = t.net.now;
-    t.stack(A)
-        .ping_sendmsg(now, sock, UNROUTED, 5, b"x")
-        .unwrap();
+    t.ping(A, sock, UNROUTED, 5, b"x");
     t.settle();
     check(&mut t, &[]);
     assert_eq!(t.stack(R).snmp().icmp.out_rate_limit_host, 2);
     // Two seconds after that, enough for both.
     t.net.advance(Duration::from_secs(2));
-    let now = t.net.now;
-    t.stack(A)
-        .ping_sendmsg(now, sock, UNROUTED, 6, b"x")
-        .unwrap();
+    t.ping(A, sock, UNROUTED, 6, b"x");
     t.settle();
     check(&mut t, &[6]);
     // Another source has a bucket of its own.
     let sock_b = t.stack(B).ping_open();
-    let now = t.net.now;
-    t.stack(B)
-        .ping_sendmsg(now, sock_b, UNROUTED, 9, b"x")
-        .unwrap();
+    t.ping(B, sock_b, UNROUTED, 9, b"x");
     t.settle();
     assert_eq!(from_router(&t.ip(t.links[1])).len(), 1);
     assert_eq!(t.stack(R).snmp().ip_ext.in_no_routes, 8);
@@ -662,13 +594,8 @@ fn unreachable_and_blackhole_routes_and_forwarding_off_follow_ip_error() {
             .unwrap();
     }
     let sock = t.stack(A).ping_open();
-    let now = t.net.now;
-    t.stack(A)
-        .ping_sendmsg(now, sock, Ipv4Addr::new(198, 18, 0, 1), 1, b"x")
-        .unwrap();
-    t.stack(A)
-        .ping_sendmsg(now, sock, Ipv4Addr::new(198, 19, 0, 1), 2, b"x")
-        .unwrap();
+    t.ping(A, sock, Ipv4Addr::new(198, 18, 0, 1), 1, b"x");
+    t.ping(A, sock, Ipv4Addr::new(198, 19, 0, 1), 2, b"x");
     t.settle();
     let back = from_router(&t.ip(t.links[0]));
     assert_eq!(back.len(), 1, "the blackhole says nothing");
@@ -683,13 +610,8 @@ fn unreachable_and_blackhole_routes_and_forwarding_off_follow_ip_error() {
     // Forwarding off: every packet not for us is EHOSTUNREACH, counted, unanswered.
     let mut t = topology(Offl::default(), Ipv4Conf::default());
     let sock = t.stack(A).ping_open();
-    let now = t.net.now;
-    t.stack(A)
-        .ping_sendmsg(now, sock, H_IP[1], 1, b"x")
-        .unwrap();
-    t.stack(A)
-        .ping_sendmsg(now, sock, UNROUTED, 2, b"x")
-        .unwrap();
+    t.ping(A, sock, H_IP[1], 1, b"x");
+    t.ping(A, sock, UNROUTED, 2, b"x");
     t.settle();
     assert!(from_router(&t.ip(t.links[0])).is_empty());
     assert!(t.ip(t.links[1]).is_empty());
@@ -717,7 +639,7 @@ fn a_host_that_never_answers_arp_is_host_unreachable_after_three_probes() {
         .take(t.links[1])
         .into_iter()
         .map(|c| {
-            let (e, a) = arp(&c.frame);
+            let (e, a) = parse_eth_arp(&c.frame);
             (c.at, a, e)
         })
         .collect();
@@ -774,10 +696,7 @@ fn df_over_the_1400_link_is_frag_needed_and_the_rest_is_fragmented_again() {
     let mut t = router();
     let sock = t.stack(A).ping_open();
     // 1472 bytes of echo data: a 1500-byte datagram, DF set (fits A's link).
-    let now = t.net.now;
-    t.stack(A)
-        .ping_sendmsg(now, sock, H_IP[2], 1, &pattern(1472, 1))
-        .unwrap();
+    t.ping(A, sock, H_IP[2], 1, &pattern(1472, 1));
     t.settle();
     let on_a = t.ip(t.links[0]);
     let sent = to_router(&on_a);
@@ -1063,9 +982,8 @@ fn a_gro_packet_too_big_for_the_next_link_is_segmented_then_fragmented() {
     // Teach the router A's and C's MACs.
     for x in [A, C] {
         let sock = t.stack(x).ping_open();
-        let now = t.net.now;
         let to = if x == A { H_IP[2] } else { H_IP[0] };
-        t.stack(x).ping_sendmsg(now, sock, to, 1, b"x").unwrap();
+        t.ping(x, sock, to, 1, b"x");
         t.settle();
     }
     for l in t.links {
@@ -1158,23 +1076,28 @@ fn a_gro_packet_too_big_for_the_next_link_is_segmented_then_fragmented() {
         .all(|f| f.ip.dont_frag && f.raw.len() == 20 + 20 + 1000));
 }
 
-#[test]
-fn redirect_when_the_packet_leaves_by_the_link_it_came_in_on() {
-    // A, the router and a second gateway G on one segment; 203.0.113.0/24 is behind G.
-    let g_ip = Ipv4Addr::new(10, 0, 1, 254);
-    let behind = Ipv4Addr::new(203, 0, 113, 1);
-    let g_mac = MacAddr([2, 0, 0, 0, 1, 0xfe]);
-    let mut net = Net::new();
-    let mut r = Stack::with_conf(forwarding(), Instant::ZERO, 1);
-    let r0 = r.add_device(NetDeviceConfig::new("r0", R_MAC[0]));
-    r.addr_add(r0, IfAddr::new(R_IP[0], 24)).unwrap();
-    r.route_add(RouteSpec::via(Ipv4Addr::new(203, 0, 113, 0), 24, g_ip))
-        .unwrap();
+/// G's address on the network behind it (203.0.113.0/24), in the redirect tests.
+const BEHIND_G: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
+/// Gateway G of the redirect tests: `g0` (`mac`, `ip`/24), the device to link, and `g1`
+/// ([`BEHIND_G`]/24) on no link.
+fn gateway(ip: Ipv4Addr, mac: MacAddr) -> (Stack, DeviceId) {
     let mut g = Stack::with_conf(Ipv4Conf::default(), Instant::ZERO, 2);
-    let g0 = g.add_device(NetDeviceConfig::new("g0", g_mac));
-    g.addr_add(g0, IfAddr::new(g_ip, 24)).unwrap();
+    let g0 = g.add_device(NetDeviceConfig::new("g0", mac));
+    g.addr_add(g0, IfAddr::new(ip, 24)).unwrap();
     let g1 = g.add_device(NetDeviceConfig::new("g1", MacAddr([2, 0, 0, 0, 9, 1])));
-    g.addr_add(g1, IfAddr::new(behind, 24)).unwrap();
+    g.addr_add(g1, IfAddr::new(BEHIND_G, 24)).unwrap();
+    (g, g0)
+}
+
+/// The router (stack and device), host A (10.0.1.10, gateway [`R_IP`]`[0]`) and G (stack
+/// and device) on one captured segment, settled, the start-up frames taken. Returns (net,
+/// router, A, G, segment): the three as indices in `net.stacks`.
+fn router_a_and_g(
+    (r, r0): (Stack, DeviceId),
+    (g, g0): (Stack, DeviceId),
+) -> (Net, usize, usize, usize, LinkId) {
+    let mut net = Net::new();
     let mut a_cfg = StackConfig::new(host_mac(A), H_IP[0], 24);
     a_cfg.gateway = Some(R_IP[0]);
     let (ri, ai, gi) = (
@@ -1186,6 +1109,22 @@ fn redirect_when_the_packet_leaves_by_the_link_it_came_in_on() {
     net.capture(seg);
     net.settle_now();
     net.captured(seg);
+    (net, ri, ai, gi, seg)
+}
+
+#[test]
+fn redirect_when_the_packet_leaves_by_the_link_it_came_in_on() {
+    // A, the router and a second gateway G on one segment; 203.0.113.0/24 is behind G.
+    let g_ip = Ipv4Addr::new(10, 0, 1, 254);
+    let behind = BEHIND_G;
+    let g_mac = MacAddr([2, 0, 0, 0, 1, 0xfe]);
+    let mut r = Stack::with_conf(forwarding(), Instant::ZERO, 1);
+    let r0 = r.add_device(NetDeviceConfig::new("r0", R_MAC[0]));
+    r.addr_add(r0, IfAddr::new(R_IP[0], 24)).unwrap();
+    r.route_add(RouteSpec::via(Ipv4Addr::new(203, 0, 113, 0), 24, g_ip))
+        .unwrap();
+    let (g, g0) = gateway(g_ip, g_mac);
+    let (mut net, ri, ai, gi, seg) = router_a_and_g((r, r0), (g, g0));
     let sock = net.stacks[ai].ping_open();
 
     // A ping every 50 ms for 12 s. Redirects back off 40, 80, ... ms after each other
@@ -1271,7 +1210,6 @@ fn redirect_when_the_packet_leaves_by_the_link_it_came_in_on() {
 /// Returns (net, router, A, link, A's ping socket).
 fn secondary_subnet(conf: Ipv4Conf) -> (Net, usize, usize, LinkId, SocketId) {
     let g_ip = Ipv4Addr::new(10, 0, 9, 254);
-    let mut net = Net::new();
     let mut r = Stack::with_conf(conf, Instant::ZERO, 1);
     let r0 = r.add_device(NetDeviceConfig::new("r0", R_MAC[0]));
     r.addr_add(r0, IfAddr::new(R_IP[0], 24)).unwrap();
@@ -1279,29 +1217,14 @@ fn secondary_subnet(conf: Ipv4Conf) -> (Net, usize, usize, LinkId, SocketId) {
         .unwrap();
     r.route_add(RouteSpec::via(Ipv4Addr::new(203, 0, 113, 0), 24, g_ip))
         .unwrap();
-    let mut g = Stack::with_conf(Ipv4Conf::default(), Instant::ZERO, 2);
-    let g0 = g.add_device(NetDeviceConfig::new("g0", MacAddr([2, 0, 0, 0, 9, 0xfe])));
-    g.addr_add(g0, IfAddr::new(g_ip, 24)).unwrap();
+    let (mut g, g0) = gateway(g_ip, MacAddr([2, 0, 0, 0, 9, 0xfe]));
     g.route_add(RouteSpec::dev(Ipv4Addr::new(10, 0, 1, 0), 24, g0))
         .unwrap();
-    let g1 = g.add_device(NetDeviceConfig::new("g1", MacAddr([2, 0, 0, 0, 9, 1])));
-    g.addr_add(g1, IfAddr::new(Ipv4Addr::new(203, 0, 113, 1), 24))
-        .unwrap();
-    let mut a_cfg = StackConfig::new(host_mac(A), H_IP[0], 24);
-    a_cfg.gateway = Some(R_IP[0]);
-    let (ri, ai, gi) = (
-        net.add(r),
-        net.add(Stack::new(a_cfg, Instant::ZERO, 3)),
-        net.add(g),
-    );
-    let seg = net.segment(&[(ri, r0), (ai, ETH0), (gi, g0)]);
-    net.capture(seg);
-    net.settle_now();
-    net.captured(seg);
+    let (mut net, ri, ai, _gi, seg) = router_a_and_g((r, r0), (g, g0));
     let sock = net.stacks[ai].ping_open();
     let now = net.now;
     net.stacks[ai]
-        .ping_sendmsg(now, sock, Ipv4Addr::new(203, 0, 113, 1), 1, b"x")
+        .ping_sendmsg(now, sock, BEHIND_G, 1, b"x")
         .unwrap();
     let deadline = net.now + Duration::from_secs(2);
     assert!(net.run_until(deadline, |n| n.in_flight() == 0));
@@ -1356,13 +1279,8 @@ fn the_forward_hook_drops_before_forw_datagrams_is_counted() {
         }),
     );
     let sock = t.stack(A).ping_open();
-    let now = t.net.now;
-    t.stack(A)
-        .ping_sendmsg(now, sock, H_IP[1], 1, b"x")
-        .unwrap();
-    t.stack(A)
-        .ping_sendmsg(now, sock, H_IP[2], 2, b"x")
-        .unwrap();
+    t.ping(A, sock, H_IP[1], 1, b"x");
+    t.ping(A, sock, H_IP[2], 2, b"x");
     t.settle();
     assert!(t.ip(t.links[1]).is_empty());
     assert_eq!(from_router(&t.ip(t.links[2])).len(), 1);

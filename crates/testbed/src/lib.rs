@@ -16,7 +16,8 @@ mod rss;
 mod seeded;
 mod snmp;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub use child::{run, Child, Output};
@@ -109,6 +110,30 @@ pub fn ustack_bin() -> PathBuf {
         );
     }
     path
+}
+
+/// `ustack ctl --ctl SOCK ARGS...` with the binary at `bin` (a test of the `ustack` package
+/// passes its own, `env!("CARGO_BIN_EXE_ustack")`): (exit code, stdout, stderr).
+///
+/// Panics when the binary cannot be run.
+pub fn ustack_ctl_with(bin: &Path, sock: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin)
+        .arg("ctl")
+        .arg("--ctl")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("run ustack ctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`ustack_ctl_with`] the binary under test, [`ustack_bin`].
+pub fn ustack_ctl(sock: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    ustack_ctl_with(&ustack_bin(), sock, args)
 }
 
 #[cfg(test)]

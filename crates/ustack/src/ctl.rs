@@ -500,24 +500,23 @@ pub fn format_link(rows: &[LinkRow]) -> String {
             }
             v
         };
-        let _ = writeln!(
-            out,
-            "{}",
-            header(
+        for (dir, names, vals) in [
+            (
                 "RX",
-                ["bytes", "packets", "errors", "dropped", "missed", "mcast"]
-            )
-        );
-        let _ = writeln!(out, "{}", values(rx));
-        let _ = writeln!(
-            out,
-            "{}",
-            header(
+                ["bytes", "packets", "errors", "dropped", "missed", "mcast"],
+                rx,
+            ),
+            (
                 "TX",
-                ["bytes", "packets", "errors", "dropped", "carrier", "collsns"]
-            )
-        );
-        let _ = writeln!(out, "{}", values(tx));
+                [
+                    "bytes", "packets", "errors", "dropped", "carrier", "collsns",
+                ],
+                tx,
+            ),
+        ] {
+            let _ = writeln!(out, "{}", header(dir, names));
+            let _ = writeln!(out, "{}", values(vals));
+        }
     }
     out
 }
@@ -1622,58 +1621,57 @@ ArpInRequests                   1                  0.0
             assert!(!f.msg.contains('\n'), "{s}: {f:?}");
             (f.code, f.msg)
         };
-        assert_eq!(
-            e("frob"),
+        for (line, msg) in [
             (
-                1,
-                "Object \"frob\" is unknown, try \"ustack ctl help\".".into()
-            )
-        );
-        assert_eq!(
-            e("route frob"),
+                "frob",
+                "Object \"frob\" is unknown, try \"ustack ctl help\".",
+            ),
             (
-                1,
-                "Command \"frob\" is unknown, try \"ustack ctl help\".".into()
-            )
-        );
-        assert_eq!(e("").0, 1);
-        assert_eq!(
-            e("route add 203.0.113.0/33 via 192.0.2.2"),
+                "route frob",
+                "Command \"frob\" is unknown, try \"ustack ctl help\".",
+            ),
             (
-                1,
-                "Error: any valid prefix is expected rather than \"203.0.113.0/33\".".into()
-            )
-        );
-        assert_eq!(
-            e("route add 203.0.113/24 via 192.0.2.2").1,
-            "Error: any valid prefix is expected rather than \"203.0.113/24\"."
-        );
-        assert_eq!(
-            e("route add 10.0.0.0/8 via 1.2.x").1,
-            "Error: inet address is expected rather than \"1.2.x\"."
-        );
-        assert_eq!(
-            e("route add 10.0.0.0/8 via 192.0.2.2 frob").1,
-            "Error: either \"to\" is duplicate, or \"frob\" is a garbage."
-        );
-        assert_eq!(
-            e("route add 10.0.0.0/8 via 192.0.2.2 via 192.0.2.3").1,
-            "Error: either \"to\" is duplicate, or \"via\" is a garbage."
-        );
-        assert_eq!(
-            e("route add 10.0.0.0/8 via").1,
-            "Command line is not complete. Try option \"help\""
-        );
-        assert_eq!(
-            e("route add 10.0.0.0/8 via 192.0.2.2 metric x").1,
-            "Error: argument \"x\" is wrong: \"metric\" value is invalid"
-        );
+                "route add 203.0.113.0/33 via 192.0.2.2",
+                "Error: any valid prefix is expected rather than \"203.0.113.0/33\".",
+            ),
+            (
+                "route add 203.0.113/24 via 192.0.2.2",
+                "Error: any valid prefix is expected rather than \"203.0.113/24\".",
+            ),
+            (
+                "route add 10.0.0.0/8 via 1.2.x",
+                "Error: inet address is expected rather than \"1.2.x\".",
+            ),
+            (
+                "route add 10.0.0.0/8 via 192.0.2.2 frob",
+                "Error: either \"to\" is duplicate, or \"frob\" is a garbage.",
+            ),
+            (
+                "route add 10.0.0.0/8 via 192.0.2.2 via 192.0.2.3",
+                "Error: either \"to\" is duplicate, or \"via\" is a garbage.",
+            ),
+            (
+                "route add 10.0.0.0/8 via",
+                "Command line is not complete. Try option \"help\"",
+            ),
+            (
+                "route add 10.0.0.0/8 via 192.0.2.2 metric x",
+                "Error: argument \"x\" is wrong: \"metric\" value is invalid",
+            ),
+        ] {
+            assert_eq!(e(line), (1, msg.into()), "{line}");
+        }
         assert!(e("route add 10.0.0.0/8").1.contains("via GW"));
         assert!(e("route add via 192.0.2.2").1.contains("destination"));
-        assert_eq!(e("neigh flush dev").0, 1);
-        assert_eq!(e("neigh flush tap0").0, 1);
-        assert_eq!(e("stats -x").0, 1);
-        assert_eq!(e("addr frob").0, 1);
+        for line in [
+            "",
+            "neigh flush dev",
+            "neigh flush tap0",
+            "stats -x",
+            "addr frob",
+        ] {
+            assert_eq!(e(line).0, 1, "{line}");
+        }
     }
 
     // --- requests run on a stack ---------------------------------------------------
@@ -1741,38 +1739,42 @@ default via 192.0.2.254 dev tap0 \n\
 203.0.113.128/25 via 192.0.2.3 dev tap0 proto static metric 5 \n"
         );
         // As ip words them; the stack refused: 2, as ip exits on RTNETLINK errors.
-        assert_eq!(
-            fail(&mut s, "route add 203.0.113.128/25 via 192.0.2.3 metric 5"),
-            (2, "RTNETLINK answers: File exists".into())
-        );
-        assert_eq!(
-            fail(&mut s, "route del default"),
-            (2, "RTNETLINK answers: No such process".into())
-        );
-        assert_eq!(
-            fail(&mut s, "route add 203.0.113.1/24 via 192.0.2.3"),
-            (2, "Error: Invalid prefix for given prefix length.".into())
-        );
-        assert_eq!(
-            fail(&mut s, "route del 203.0.113.1/24"),
-            (2, "Error: Invalid prefix for given prefix length.".into())
-        );
-        assert_eq!(
-            fail(&mut s, "route add 10.0.0.0/8 via 203.0.113.9"),
-            (2, "Error: Nexthop has invalid gateway.".into())
-        );
-        assert_eq!(
-            fail(&mut s, "route add 10.0.0.0/8 via 192.0.2.2 dev tap1"),
-            (2, "Error: Nexthop has invalid gateway.".into())
-        );
-        assert_eq!(
-            fail(&mut s, "route add 10.0.0.0/8 via 192.0.2.2 dev nope"),
-            (1, "Cannot find device \"nope\"".into())
-        );
-        assert_eq!(
-            fail(&mut s, "neigh flush dev nope"),
-            (1, "Cannot find device \"nope\"".into())
-        );
+        for (line, code, msg) in [
+            (
+                "route add 203.0.113.128/25 via 192.0.2.3 metric 5",
+                2,
+                "RTNETLINK answers: File exists",
+            ),
+            ("route del default", 2, "RTNETLINK answers: No such process"),
+            (
+                "route add 203.0.113.1/24 via 192.0.2.3",
+                2,
+                "Error: Invalid prefix for given prefix length.",
+            ),
+            (
+                "route del 203.0.113.1/24",
+                2,
+                "Error: Invalid prefix for given prefix length.",
+            ),
+            (
+                "route add 10.0.0.0/8 via 203.0.113.9",
+                2,
+                "Error: Nexthop has invalid gateway.",
+            ),
+            (
+                "route add 10.0.0.0/8 via 192.0.2.2 dev tap1",
+                2,
+                "Error: Nexthop has invalid gateway.",
+            ),
+            (
+                "route add 10.0.0.0/8 via 192.0.2.2 dev nope",
+                1,
+                "Cannot find device \"nope\"",
+            ),
+            ("neigh flush dev nope", 1, "Cannot find device \"nope\""),
+        ] {
+            assert_eq!(fail(&mut s, line), (code, msg.into()), "{line}");
+        }
         // Nothing changed by the failures.
         assert_eq!(ok(&mut s, "route").lines().count(), 5);
     }

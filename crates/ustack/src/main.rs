@@ -17,6 +17,7 @@ mod services;
 use std::process::ExitCode;
 
 use clap::Parser;
+use stack_async::StackHandle;
 
 use cli::{Cli, Command, HostArgs};
 
@@ -120,17 +121,8 @@ async fn host(args: HostArgs) -> ExitCode {
             }
         }
     }
-    if let Err(e) = wait_for_signal().await {
-        eprintln!("ustack: cannot wait for signals: {e}");
-        return ExitCode::from(1);
-    }
-    observers.finish().await;
-    match cli::counters(&handle).await {
-        Ok(text) => print!("{text}"),
-        Err(e) => {
-            eprintln!("ustack: {e}");
-            return ExitCode::from(1);
-        }
+    if let Err(code) = wait_then_report(&handle, observers).await {
+        return code;
     }
     if let Err(e) = handle.shutdown() {
         eprintln!("ustack: {e}");
@@ -138,7 +130,29 @@ async fn host(args: HostArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub(crate) async fn wait_for_signal() -> std::io::Result<()> {
+/// What `host` and `router` do once they serve: wait for SIGINT/SIGTERM, stop the control
+/// socket and the captures, print the counters. `Err` is the exit code of a step that
+/// failed (its message already printed).
+pub(crate) async fn wait_then_report(
+    handle: &StackHandle,
+    observers: ctl::Observers,
+) -> Result<(), ExitCode> {
+    if let Err(e) = wait_for_signal().await {
+        eprintln!("ustack: cannot wait for signals: {e}");
+        return Err(ExitCode::from(1));
+    }
+    observers.finish().await;
+    match cli::counters(handle).await {
+        Ok(text) => print!("{text}"),
+        Err(e) => {
+            eprintln!("ustack: {e}");
+            return Err(ExitCode::from(1));
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

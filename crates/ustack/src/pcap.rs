@@ -490,14 +490,20 @@ mod tests {
         assert_eq!(records(&file).len(), 2);
     }
 
-    /// A frame the stack makes on its own (here the ARP request for a datagram's next hop)
-    /// carries the time it was queued, not the zero of a fresh buffer.
-    #[test]
-    fn sent_frames_carry_the_time_they_were_sent() {
+    /// A stack with one device, tap0 (02:00:c0:00:02:01, 192.0.2.1/24).
+    fn tap0_stack() -> (Stack, DeviceId) {
         let mut s = Stack::with_conf(Ipv4Conf::default(), Instant::ZERO, 3);
         let d = s.add_device(NetDeviceConfig::new("tap0", MacAddr([2, 0, 0xc0, 0, 2, 1])));
         s.addr_add(d, IfAddr::new(Ipv4Addr::new(192, 0, 2, 1), 24))
             .unwrap();
+        (s, d)
+    }
+
+    /// A frame the stack makes on its own (here the ARP request for a datagram's next hop)
+    /// carries the time it was queued, not the zero of a fresh buffer.
+    #[test]
+    fn sent_frames_carry_the_time_they_were_sent() {
+        let (mut s, d) = tap0_stack();
         let tap = s.packet_tap_open(d, TAP_RING);
         let u = s.udp_socket();
         let to = std::net::SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 20), 9);
@@ -512,10 +518,7 @@ mod tests {
     /// Frames the tap had no room for are counted and said at the end.
     #[test]
     fn ring_drops_are_reported() {
-        let mut s = Stack::with_conf(Ipv4Conf::default(), Instant::ZERO, 3);
-        let d = s.add_device(NetDeviceConfig::new("tap0", MacAddr([2, 0, 0xc0, 0, 2, 1])));
-        s.addr_add(d, IfAddr::new(Ipv4Addr::new(192, 0, 2, 1), 24))
-            .unwrap();
+        let (mut s, d) = tap0_stack();
         let tap = s.packet_tap_open(d, 1);
         // The request and our reply: room for one.
         s.netif_receive_skb(Instant::from_millis(1), d, Skb::from_vec(arp_request()));
@@ -541,12 +544,7 @@ mod tests {
     /// and the reply as sent, each stamped with the stack time it happened.
     #[test]
     fn a_stack_tap_captures_both_directions() {
-        let conf = Ipv4Conf::default();
-        let mut s = Stack::with_conf(conf, Instant::ZERO, 3);
-        let mac = MacAddr([2, 0, 0xc0, 0, 2, 1]);
-        let d = s.add_device(NetDeviceConfig::new("tap0", mac));
-        s.addr_add(d, IfAddr::new(Ipv4Addr::new(192, 0, 2, 1), 24))
-            .unwrap();
+        let (mut s, d) = tap0_stack();
         while s.poll_transmit(Instant::ZERO).is_some() {}
         let tap = s.packet_tap_open(d, TAP_RING);
         assert!(tap.is_some());

@@ -12,19 +12,9 @@ use std::time::Duration;
 
 use testbed::{wait_until, Child, Netns};
 
+/// `ustack ctl --ctl SOCK args...` with the binary this package just built.
 fn ctl(sock: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ustack"))
-        .arg("ctl")
-        .arg("--ctl")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("run ustack ctl");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    testbed::ustack_ctl_with(Path::new(env!("CARGO_BIN_EXE_ustack")), sock, args)
 }
 
 #[test]

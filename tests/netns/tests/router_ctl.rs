@@ -11,9 +11,9 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use testbed::{Routed, RouterKind, Side};
+use testbed::{ustack_ctl, Routed, RouterKind, Side};
+use ustack_netns_tests::link_mac;
 
 const A: usize = 0;
 const B: usize = 1;
@@ -28,24 +28,9 @@ fn sides() -> Vec<Side> {
     ]
 }
 
-/// `ustack ctl --ctl SOCK args...`: (exit code, stdout, stderr).
-fn ctl(sock: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(testbed::ustack_bin())
-        .arg("ctl")
-        .arg("--ctl")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("run ustack ctl");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
+/// [`ustack_ctl`] that must succeed: its stdout.
 fn ctl_ok(sock: &Path, args: &[&str]) -> String {
-    let (code, out, err) = ctl(sock, args);
+    let (code, out, err) = ustack_ctl(sock, args);
     assert_eq!(code, Some(0), "ustack ctl {args:?}: {out}{err}");
     out
 }
@@ -74,11 +59,7 @@ fn host_mac(bed: &Routed, i: usize) -> String {
     let link = bed.hosts[i]
         .ip(&["-o", "link", "show", &bed.sides[i].ifname])
         .expect("ip link");
-    link.split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .expect("a MAC")
-        .to_string()
+    link_mac(&link).expect("a MAC").to_string()
 }
 
 /// `name value rate` lines of nstat-style output.
@@ -122,7 +103,7 @@ fn three_interfaces_routes_at_run_time_and_ctl_agrees() {
     // Unknown until the route is added at run time; then at once; gone after del.
     let unreachable = "From 192.0.2.1 icmp_seq=1 Destination Net Unreachable";
     assert_eq!(ping(&bed, A, BEHIND_C), unreachable);
-    let bad = ctl(
+    let bad = ustack_ctl(
         &sock,
         &["route", "add", "203.0.113.0/24", "via", "198.51.100.99"],
     );
@@ -217,7 +198,7 @@ fn three_interfaces_routes_at_run_time_and_ctl_agrees() {
         unreachable,
         "the route is gone at once"
     );
-    let (code, _, err) = ctl(&sock, &["frobnicate"]);
+    let (code, _, err) = ustack_ctl(&sock, &["frobnicate"]);
     assert_ne!(code, Some(0));
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(bed.router_alive(), "a bad request stopped the router");

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use testbed::{Counters, PacketSocket, Routed, RouterKind, RssWatch, Side, SplitMix};
+use ustack_netns_tests::{link_mac, parse_mac};
 
 const A: usize = 0;
 const B: usize = 1;
@@ -59,10 +60,7 @@ impl Forger {
         let link = bed.hosts[i]
             .ip(&["-o", "link", "show", &side.ifname])
             .expect("ip link");
-        let host_mac = link
-            .split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
+        let host_mac = link_mac(&link)
             .and_then(parse_mac)
             .unwrap_or_else(|| panic!("no MAC in {link:?}"));
         let r: Ipv4Addr = side.router_ip().parse().expect("address");
@@ -139,14 +137,6 @@ impl Forger {
 /// ENOBUFS on Linux.
 fn libc_enobufs() -> i32 {
     105
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16).ok())
-        .collect::<Option<_>>()?;
-    v.try_into().ok()
 }
 
 fn checksum(data: &[u8]) -> u16 {

@@ -38,10 +38,16 @@ pub fn stack() -> Stack {
     s
 }
 
+/// An Ethernet frame from the peer to `dst`.
 pub fn eth(dst: MacAddr, proto: u16, payload: &[u8]) -> Skb {
+    eth_from(PEER_MAC, dst, proto, payload)
+}
+
+/// An Ethernet frame from `src` to `dst`.
+pub fn eth_from(src: MacAddr, dst: MacAddr, proto: u16, payload: &[u8]) -> Skb {
     let repr = EthernetRepr {
         dst,
-        src: PEER_MAC,
+        src,
         vlan: None,
         ethertype: proto,
     };
@@ -51,21 +57,35 @@ pub fn eth(dst: MacAddr, proto: u16, payload: &[u8]) -> Skb {
     Skb::from_vec(buf)
 }
 
+/// An IPv4 datagram: TTL 64, DF, ident 7.
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    datagram(src, dst, proto, 64, true, 7, payload)
+}
+
+/// An IPv4 datagram (no options, not a fragment) carrying `payload`.
+pub fn datagram(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    ttl: u8,
+    df: bool,
+    ident: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let repr = Ipv4Repr {
         src,
         dst,
         protocol: proto,
-        ttl: 64,
+        ttl,
         tos: 0,
-        ident: 7,
-        dont_frag: true,
+        ident,
+        dont_frag: df,
         more_frags: false,
         frag_offset: 0,
         payload_len: payload.len(),
         options: Ipv4Options::default(),
     };
-    let mut buf = vec![0u8; repr.header_len() + payload.len()];
+    let mut buf = vec![0u8; repr.buffer_len()];
     repr.emit(&mut buf);
     buf[repr.header_len()..].copy_from_slice(payload);
     buf
@@ -90,17 +110,28 @@ pub fn echo_request(seq: u16, data: &[u8]) -> Skb {
     )
 }
 
+/// An ARP message from the peer.
 pub fn arp_frame(op: ArpOp, dst: MacAddr, target_mac: MacAddr, target_ip: Ipv4Addr) -> Skb {
+    arp_from(op, (PEER_MAC, PEER), dst, (target_mac, target_ip))
+}
+
+/// An ARP message from `sender` (MAC, IP) about `target`, in a frame to `dst`.
+pub fn arp_from(
+    op: ArpOp,
+    sender: (MacAddr, Ipv4Addr),
+    dst: MacAddr,
+    target: (MacAddr, Ipv4Addr),
+) -> Skb {
     let repr = ArpRepr {
         op,
-        sender_mac: PEER_MAC,
-        sender_ip: PEER,
-        target_mac,
-        target_ip,
+        sender_mac: sender.0,
+        sender_ip: sender.1,
+        target_mac: target.0,
+        target_ip: target.1,
     };
     let mut buf = [0u8; 28];
     repr.emit(&mut buf);
-    eth(dst, ethertype::ARP, &buf)
+    eth_from(sender.0, dst, ethertype::ARP, &buf)
 }
 
 pub fn parse_eth(skb: &Skb) -> (EthernetRepr, Vec<u8>) {
@@ -109,9 +140,15 @@ pub fn parse_eth(skb: &Skb) -> (EthernetRepr, Vec<u8>) {
 }
 
 pub fn parse_arp(skb: &Skb) -> ArpRepr {
+    parse_eth_arp(skb).1
+}
+
+/// (eth, ARP) of an ARP frame.
+pub fn parse_eth_arp(skb: &Skb) -> (EthernetRepr, ArpRepr) {
     let (e, payload) = parse_eth(skb);
     assert_eq!(e.ethertype, ethertype::ARP);
-    ArpRepr::parse(&ArpPacket::new_checked(&payload[..]).unwrap()).unwrap()
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(&payload[..]).unwrap()).unwrap();
+    (e, arp)
 }
 
 /// (eth, ip header fields, ICMP bytes) of an IPv4/ICMP frame, checking both checksums.
