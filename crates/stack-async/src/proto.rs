@@ -27,7 +27,7 @@ pub type ReadableFn = Box<dyn FnMut(&mut Stack) + Send>;
 
 /// Called for `Event::Readable(id)` and `Event::Writable(id)` (`sk_write_space`, or a
 /// connect that completed) of a socket registered in `StackCtx::ready`, with the time of
-/// this poll: TCP's calls take `now` (`tcp_recv` may send a window update, `tcp_send`
+/// this poll: TCP's calls take `now` (`tcp_recvmsg` may send a window update, `tcp_sendmsg`
 /// transmits), which a `ReadableFn` does not get.
 pub(crate) type ReadyFn = Box<dyn FnMut(&mut Stack, Instant, Event) + Send>;
 

@@ -21,7 +21,7 @@
 //! so a slow reader slows the peer down: that is the backpressure, nothing grows.
 //!
 //! Send. A write copies into the connection's send ring and, if no push is queued yet,
-//! queues one ("kick"): on the stack thread, a *push* hands the ring to `tcp_send` until
+//! queues one ("kick"): on the stack thread, a *push* hands the ring to `tcp_sendmsg` until
 //! the ring is empty or the core's send buffer is full (`WouldBlock`). Then the core
 //! raises `Event::Writable` once acknowledgements bring the buffer under half
 //! (`sk_write_space`), and that event pushes again. A full ring makes `poll_write`
@@ -490,7 +490,7 @@ impl Conn {
         let was_full = st.ring.is_full();
         while !st.ring.is_empty() && !st.broken {
             let (chunk, _) = st.ring.data();
-            match stack.tcp_send(now, self.id, chunk) {
+            match stack.tcp_sendmsg(now, self.id, chunk) {
                 Ok(n) => {
                     st.ring.consume(n);
                     // A writer waits for room only when the ring was full; wake it
@@ -560,7 +560,7 @@ impl Conn {
                 let _ = stack.tcp_set_buffers(self.id, Some(sndbuf), None);
                 while !st.ring.is_empty() {
                     let (chunk, _) = st.ring.data();
-                    match stack.tcp_send(now, self.id, chunk) {
+                    match stack.tcp_sendmsg(now, self.id, chunk) {
                         Ok(n) => st.ring.consume(n),
                         Err(_) => break,
                     }
@@ -1846,7 +1846,7 @@ impl TcpSocket {
                         id
                     }
                 };
-                if let Err(e) = ctx.stack.tcp_connect(ctx.now, id, addr) {
+                if let Err(e) = ctx.stack.tcp_v4_connect(ctx.now, id, addr) {
                     ctx.stack.tcp_close(ctx.now, id);
                     return Err(e.into());
                 }
@@ -2055,7 +2055,7 @@ mod tests {
             let c = self.a.tcp_socket();
             self.a.tcp_set_buffers(c, Some(a_sndbuf), None).unwrap();
             self.a
-                .tcp_connect(self.now, c, SocketAddrV4::new(B, 80))
+                .tcp_v4_connect(self.now, c, SocketAddrV4::new(B, 80))
                 .unwrap();
             self.settle(None);
             let (child, _) = self.b.tcp_accept(l).unwrap().expect("accepted");
@@ -2066,7 +2066,7 @@ mod tests {
         fn b_read(&mut self, id: SocketId, into: &mut Vec<u8>) -> Option<()> {
             let mut buf = vec![0u8; 65536];
             loop {
-                match self.b.tcp_recv(self.now, id, &mut buf, false) {
+                match self.b.tcp_recvmsg(self.now, id, &mut buf, false) {
                     Ok(0) => return None,
                     Ok(n) => into.extend_from_slice(&buf[..n]),
                     Err(SendError::WouldBlock) => return Some(()),
@@ -2102,7 +2102,7 @@ mod tests {
         let data = bytes(700_000, 3);
         let mut off = 0;
         while off < data.len() {
-            off += p.b.tcp_send(p.now, b, &data[off..]).unwrap();
+            off += p.b.tcp_sendmsg(p.now, b, &data[off..]).unwrap();
             p.settle(Some(&conn));
         }
         assert!(lock(&conn.recv).ring.is_full());

@@ -799,7 +799,7 @@ fn tcp_transfer(t: &mut Topo, dst: usize, data: &[u8]) {
     let c = t.stack(A).tcp_socket();
     let now = t.net.now;
     t.stack(A)
-        .tcp_connect(now, c, SocketAddrV4::new(H_IP[side(dst)], 80))
+        .tcp_v4_connect(now, c, SocketAddrV4::new(H_IP[side(dst)], 80))
         .unwrap();
     t.settle();
     assert_eq!(t.stack(A).tcp_state(c), Some(TcpState::Established));
@@ -817,14 +817,14 @@ fn tcp_transfer(t: &mut Topo, dst: usize, data: &[u8]) {
         );
         let now = t.net.now;
         if sent < data.len() {
-            match t.stack(A).tcp_send(now, c, &data[sent..]) {
+            match t.stack(A).tcp_sendmsg(now, c, &data[sent..]) {
                 Ok(n) => sent += n,
                 Err(SendError::WouldBlock) => {}
                 Err(e) => panic!("send: {e}"),
             }
         }
         loop {
-            match t.stack(dst).tcp_recv(now, child, &mut buf, false) {
+            match t.stack(dst).tcp_recvmsg(now, child, &mut buf, false) {
                 Ok(0) => panic!("EOF"),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(SendError::WouldBlock) => break,

@@ -109,7 +109,7 @@ fn connected(net: &mut Net) -> (SocketId, SocketId) {
     let l = listen(net, 16);
     let c = net.a.tcp_socket();
     net.a
-        .tcp_connect(net.now, c, SocketAddrV4::new(B, 80))
+        .tcp_v4_connect(net.now, c, SocketAddrV4::new(B, 80))
         .unwrap();
     assert_eq!(net.a.tcp_state(c), Some(TcpState::SynSent));
     net.settle();
@@ -143,14 +143,14 @@ fn transfer(net: &mut Net, a_sends: bool, src: SocketId, dst: SocketId, data: &[
             (&mut net.b, &mut net.a)
         };
         if sent < data.len() {
-            match tx.tcp_send(net.now, src, &data[sent..]) {
+            match tx.tcp_sendmsg(net.now, src, &data[sent..]) {
                 Ok(n) => sent += n,
                 Err(SendError::WouldBlock) => {}
                 Err(e) => panic!("send: {e}"),
             }
         }
         loop {
-            match rx.tcp_recv(net.now, dst, &mut buf, false) {
+            match rx.tcp_recvmsg(net.now, dst, &mut buf, false) {
                 Ok(0) => panic!("unexpected EOF"),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(SendError::WouldBlock) => break,
@@ -191,7 +191,7 @@ fn handshake_transfer_both_ways_and_orderly_close() {
     net.settle();
     let mut buf = [0u8; 16];
     assert_eq!(
-        net.b.tcp_recv(net.now, s, &mut buf, false),
+        net.b.tcp_recvmsg(net.now, s, &mut buf, false),
         Ok(0),
         "EOF after the FIN"
     );
@@ -223,12 +223,12 @@ fn connect_to_closed_port_is_refused() {
     let mut net = Net::new();
     let c = net.a.tcp_socket();
     net.a
-        .tcp_connect(net.now, c, SocketAddrV4::new(B, 81))
+        .tcp_v4_connect(net.now, c, SocketAddrV4::new(B, 81))
         .unwrap();
     net.settle();
     let mut buf = [0u8; 4];
     assert_eq!(
-        net.a.tcp_recv(net.now, c, &mut buf, false),
+        net.a.tcp_recvmsg(net.now, c, &mut buf, false),
         Err(SendError::ConnectionRefused)
     );
     assert_eq!(net.b.snmp().tcp.out_rsts, 1);
@@ -239,7 +239,9 @@ fn connect_to_closed_port_is_refused() {
 fn peer_abort_is_a_reset() {
     let mut net = Net::new();
     let (c, s) = connected(&mut net);
-    net.a.tcp_send(net.now, c, b"unread by the server").unwrap();
+    net.a
+        .tcp_sendmsg(net.now, c, b"unread by the server")
+        .unwrap();
     net.settle();
     // Closing with unread data sends RST (RFC 2525 2.17).
     net.b.tcp_close(net.now, s);
@@ -247,7 +249,7 @@ fn peer_abort_is_a_reset() {
     assert_eq!(net.b.snmp().tcp.out_rsts, 1);
     let mut buf = [0u8; 4];
     assert_eq!(
-        net.a.tcp_recv(net.now, c, &mut buf, false),
+        net.a.tcp_recvmsg(net.now, c, &mut buf, false),
         Err(SendError::ConnectionReset)
     );
     assert_eq!(net.a.tcp_state(c), Some(TcpState::Closed));
@@ -274,12 +276,12 @@ fn full_accept_queue_drops_syns_until_accept() {
     let l = listen(&mut net, 1);
     let c1 = net.a.tcp_socket();
     net.a
-        .tcp_connect(net.now, c1, SocketAddrV4::new(B, 80))
+        .tcp_v4_connect(net.now, c1, SocketAddrV4::new(B, 80))
         .unwrap();
     net.settle();
     let c2 = net.a.tcp_socket();
     net.a
-        .tcp_connect(net.now, c2, SocketAddrV4::new(B, 80))
+        .tcp_v4_connect(net.now, c2, SocketAddrV4::new(B, 80))
         .unwrap();
     net.settle();
     assert_eq!(
@@ -357,12 +359,12 @@ mod hostile {
         let ca = net.a.tcp_local_addr(c).unwrap();
         let sa = net.b.tcp_local_addr(s).unwrap();
         // Learn B's rcv_nxt from its next ACK.
-        net.a.tcp_send(net.now, c, b"hello").unwrap();
+        net.a.tcp_sendmsg(net.now, c, b"hello").unwrap();
         while let Some(f) = net.a.poll_transmit_dev(net.now, DeviceId::ETH0) {
             net.b.netif_receive_skb(net.now, DeviceId::ETH0, f);
         }
         net.run(net.now + Duration::from_millis(100));
-        net.a.tcp_send(net.now, c, b"x").unwrap();
+        net.a.tcp_sendmsg(net.now, c, b"x").unwrap();
         while let Some(f) = net.a.poll_transmit_dev(net.now, DeviceId::ETH0) {
             net.b.netif_receive_skb(net.now, DeviceId::ETH0, f);
         }
@@ -491,7 +493,7 @@ mod hostile {
         );
         // A real client connects through the cookie path and moves data.
         let c = net.a.tcp_socket();
-        net.a.tcp_connect(net.now, c, dst).unwrap();
+        net.a.tcp_v4_connect(net.now, c, dst).unwrap();
         net.settle();
         assert_eq!(net.a.tcp_state(c), Some(TcpState::Established));
         let (child, _) = net.b.tcp_accept(l).unwrap().expect("accepted via cookie");
@@ -554,7 +556,7 @@ fn keepalive_probes_an_idle_peer_and_gives_up_when_it_is_gone() {
     }
     let mut buf = [0u8; 1];
     assert_eq!(
-        net.a.tcp_recv(net.now, c, &mut buf, false),
+        net.a.tcp_recvmsg(net.now, c, &mut buf, false),
         Err(SendError::TimedOut)
     );
     // Idle 10 s (counted from the last segment heard), then 3 probes 1 s apart.
@@ -574,14 +576,14 @@ fn user_timeout_bounds_how_long_unacked_data_is_retried() {
         .unwrap();
     net.drop = Box::new(|_, _| true);
     let t0 = net.now;
-    net.a.tcp_send(net.now, c, b"into the void").unwrap();
+    net.a.tcp_sendmsg(net.now, c, b"into the void").unwrap();
     while net.a.tcp_state(c) != Some(TcpState::Closed) && net.now - t0 < Duration::from_secs(60) {
         net.advance(Duration::from_millis(100));
     }
     let took = net.now - t0;
     let mut buf = [0u8; 1];
     assert_eq!(
-        net.a.tcp_recv(net.now, c, &mut buf, false),
+        net.a.tcp_recvmsg(net.now, c, &mut buf, false),
         Err(SendError::TimedOut)
     );
     assert!(
@@ -625,7 +627,7 @@ fn a_probe_then_rto_backs_off_exponentially_from_the_200ms_floor() {
     let (c, _s) = connected(&mut net);
     // Handshake RTT on this link is ~0: RTO = max(SRTT + 4 RTTVAR, 200 ms) = 200 ms.
     let t0 = net.now;
-    net.a.tcp_send(net.now, c, b"lost forever").unwrap();
+    net.a.tcp_sendmsg(net.now, c, b"lost forever").unwrap();
     let frames = a_frames_while_cut(&mut net, t0 + Duration::from_secs(7));
     let times: Vec<u64> = frames
         .iter()
@@ -674,7 +676,10 @@ fn time_wait_four_tuple_is_reused_safely_by_a_new_connection() {
         let c = net.a.tcp_socket();
         net.a.tcp_set_reuseaddr(c, true).unwrap();
         net.a.tcp_bind(c, SocketAddrV4::new(A, port)).unwrap();
-        (c, net.a.tcp_connect(net.now, c, SocketAddrV4::new(B, 80)))
+        (
+            c,
+            net.a.tcp_v4_connect(net.now, c, SocketAddrV4::new(B, 80)),
+        )
     };
     let (c, r) = open(&mut net);
     r.unwrap();
@@ -717,7 +722,7 @@ fn a_lone_segment_is_acked_after_the_40ms_delayed_ack() {
     net.run(quiet);
     net.now = net.now.max(quiet);
     net.a.tcp_set_nodelay(c, true).unwrap();
-    net.a.tcp_send(net.now, c, b"one").unwrap();
+    net.a.tcp_sendmsg(net.now, c, b"one").unwrap();
     let t0 = net.now;
     while let Some(f) = net.a.poll_transmit_dev(net.now, DeviceId::ETH0) {
         net.b.netif_receive_skb(net.now, DeviceId::ETH0, f);
@@ -752,7 +757,7 @@ fn an_unanswered_connect_times_out_after_the_syn_retries() {
     net.drop = Box::new(|_, _| true);
     let c = net.a.tcp_socket();
     net.a
-        .tcp_connect(net.now, c, SocketAddrV4::new(B, 80))
+        .tcp_v4_connect(net.now, c, SocketAddrV4::new(B, 80))
         .unwrap();
     let t0 = net.now;
     while net.a.tcp_state(c) == Some(TcpState::SynSent) && net.now - t0 < Duration::from_secs(600) {
@@ -760,7 +765,7 @@ fn an_unanswered_connect_times_out_after_the_syn_retries() {
     }
     let mut buf = [0u8; 1];
     assert_eq!(
-        net.a.tcp_recv(net.now, c, &mut buf, false),
+        net.a.tcp_recvmsg(net.now, c, &mut buf, false),
         Err(SendError::TimedOut)
     );
     // 1 s initial RTO doubling over 6 retries: 1+2+4+8+16+32+64 = 127 s (tcp_syn_retries).
@@ -841,7 +846,7 @@ fn syn_and_syn_ack_announce_the_link_mss_and_segments_carry_1448_bytes() {
     let l = listen(&mut net, 4);
     let c = net.a.tcp_socket();
     net.a
-        .tcp_connect(net.now, c, SocketAddrV4::new(B, 80))
+        .tcp_v4_connect(net.now, c, SocketAddrV4::new(B, 80))
         .unwrap();
     let mut seen = Vec::new();
     for _ in 0..4 {
@@ -865,7 +870,7 @@ fn syn_and_syn_ack_announce_the_link_mss_and_segments_carry_1448_bytes() {
         "MTU 1500 - 40, in both SYNs"
     );
     let (s, _) = net.b.tcp_accept(l).unwrap().unwrap();
-    net.a.tcp_send(net.now, c, &pattern(10_000, 2)).unwrap();
+    net.a.tcp_sendmsg(net.now, c, &pattern(10_000, 2)).unwrap();
     let mut sizes = Vec::new();
     while let Some(f) = net.a.poll_transmit_dev(net.now, DeviceId::ETH0) {
         sizes.extend(segs(&f).map(|(_, n)| n).filter(|&n| n > 0));

@@ -21,7 +21,7 @@ fn connect(p: &mut Pair) -> (SocketId, SocketId) {
     p.b.tcp_listen(l, 8).unwrap();
     let c = p.a.tcp_socket();
     let now = p.now;
-    p.a.tcp_connect(now, c, SocketAddrV4::new(B_ADDR, 7))
+    p.a.tcp_v4_connect(now, c, SocketAddrV4::new(B_ADDR, 7))
         .unwrap();
     let deadline = p.now + Duration::from_secs(120);
     let mut child = None;
@@ -52,14 +52,14 @@ fn move_bytes(p: &mut Pair, c: SocketId, s: SocketId, data: &[u8]) -> Vec<u8> {
         );
         let now = p.now;
         if sent < data.len() {
-            match p.a.tcp_send(now, c, &data[sent..]) {
+            match p.a.tcp_sendmsg(now, c, &data[sent..]) {
                 Ok(n) => sent += n,
                 Err(SendError::WouldBlock) => {}
                 Err(e) => panic!("send: {e}"),
             }
         }
         loop {
-            match p.b.tcp_recv(now, s, &mut buf, false) {
+            match p.b.tcp_recvmsg(now, s, &mut buf, false) {
                 Ok(0) => panic!("early EOF"),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(SendError::WouldBlock) => break,
@@ -74,7 +74,7 @@ fn move_bytes(p: &mut Pair, c: SocketId, s: SocketId, data: &[u8]) -> Vec<u8> {
     let deadline = p.now + Duration::from_secs(600);
     p.run_until(deadline, |p| {
         let mut b = [0u8; 1];
-        p.b.tcp_recv(p.now, s, &mut b, false) == Ok(0)
+        p.b.tcp_recvmsg(p.now, s, &mut b, false) == Ok(0)
     });
     let now = p.now;
     p.b.tcp_close(now, s);
@@ -189,7 +189,7 @@ fn zero_window_is_probed_until_the_reader_returns() {
     let mut sent = 0;
     for _ in 0..2000 {
         let now = p.now;
-        if let Ok(n) = p.a.tcp_send(now, c, &data[sent..]) {
+        if let Ok(n) = p.a.tcp_sendmsg(now, c, &data[sent..]) {
             sent += n;
         }
         let limit = p.now + Duration::from_millis(5);
@@ -213,7 +213,7 @@ fn zero_window_is_probed_until_the_reader_returns() {
     let deadline = p.now + Duration::from_secs(120);
     while got.len() < sent && p.now < deadline {
         let now = p.now;
-        while let Ok(n) = p.b.tcp_recv(now, s, &mut buf, false) {
+        while let Ok(n) = p.b.tcp_recvmsg(now, s, &mut buf, false) {
             if n == 0 {
                 break;
             }

@@ -815,7 +815,7 @@ impl Stack {
 
     /// `tcp_v4_connect`: start the three-way handshake. A `Writable` event follows when
     /// it completes; a failure is reported by the next call (and a `Readable` event).
-    pub fn tcp_connect(
+    pub fn tcp_v4_connect(
         &mut self,
         now: Instant,
         id: SocketId,
@@ -888,7 +888,7 @@ impl Stack {
 
     /// `tcp_sendmsg`: queue as much of `data` as the send buffer takes and push it out.
     /// `Err(WouldBlock)` when the buffer is full (a `Writable` event follows).
-    pub fn tcp_send(
+    pub fn tcp_sendmsg(
         &mut self,
         now: Instant,
         id: SocketId,
@@ -921,7 +921,7 @@ impl Stack {
 
     /// `tcp_recvmsg`: copy queued data into `buf`. `Ok(0)` is end of stream (the peer's
     /// FIN), `Err(WouldBlock)` means nothing yet.
-    pub fn tcp_recv(
+    pub fn tcp_recvmsg(
         &mut self,
         now: Instant,
         id: SocketId,
@@ -944,10 +944,10 @@ impl Stack {
         Ok(copied)
     }
 
-    /// [`Stack::tcp_recv`] without the copy: the next in-order data as the skb it came
+    /// [`Stack::tcp_recvmsg`] without the copy: the next in-order data as the skb it came
     /// in (at most `max` bytes of it; the rest stays queued), for a caller that keeps
     /// received data as skbs, as `tcp_read_sock` hands skbs to its actor. `Ok(None)` is
-    /// the end of the stream; errors are those of `tcp_recv`. The skb's buffer is no
+    /// the end of the stream; errors are those of `tcp_recvmsg`. The skb's buffer is no
     /// longer charged to this socket's receive memory once it is handed out: the caller
     /// bounds what it holds.
     pub fn tcp_recv_skb(
