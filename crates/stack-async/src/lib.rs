@@ -2,7 +2,8 @@
 //!
 //! [`StackHandle::spawn`] attaches a TAP device and starts the stack thread, where the
 //! io_uring device loop (stack-io) and the protocol task (owning stack-core's `Stack`)
-//! run side by side, joined by bounded channels that play the NIC's RX and TX rings.
+//! run side by side, joined by bounded channels that play the NIC's RX and TX rings
+//! (with [`StackOptions::device_threads`], each device loop on a thread of its own).
 //! Handles are `Send + Sync + Clone` and their futures work on any executor (tokio,
 //! `futures::executor`, smol): they only use futures' channels and plain wakers.
 //!

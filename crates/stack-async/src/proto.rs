@@ -1,6 +1,7 @@
 //! The protocol task: the sans-IO `Stack` driven by the RX ring, the command channel
-//! and a timer, feeding the TX ring. It runs on the stack thread next to the device
-//! loop, so a poll of this task never races with the device's.
+//! and a timer, feeding the TX ring. It runs on the stack thread, by default next to the
+//! device loops; with `StackOptions::device_threads` they run on threads of their own
+//! and only the rings (futures' mpsc channels, which wake across threads) join them.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,7 +18,7 @@ use stack_core::DeviceId;
 use stack_core::{Instant, Skb};
 
 /// Work items taken per source per poll (RX frames, commands, expired timers) before
-/// yielding, so the device loop on the same thread keeps draining the wire and a
+/// yielding, so a device loop on the same thread keeps draining the wire and a
 /// flood on one source cannot starve the others (the kernel's NAPI budget, in spirit).
 const BUDGET: usize = 64;
 

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use netns::NetNs;
-use stack_async::{PingMsgKind, PingSocket, StackHandle};
+use stack_async::{PingMsgKind, PingSocket, StackBuilder, StackHandle};
 use stack_core::wire::MacAddr;
 use stack_core::StackConfig;
 
@@ -38,6 +38,17 @@ fn spawn_up(ns_name: &str) -> StackHandle {
     let json = String::from_utf8_lossy(&json.stdout);
     assert!(json.contains("\"operstate\":\"UP\""), "{json}");
     handle
+}
+
+/// The tid of this process's thread whose kernel name (at most 15 bytes) is `comm`.
+fn thread_named(comm: &str) -> Option<i32> {
+    std::fs::read_dir("/proc/self/task").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (name.trim_end() == comm)
+            .then(|| e.file_name().to_str()?.parse().ok())
+            .flatten()
+    })
 }
 
 fn thread_alive(tid: i32) -> bool {
@@ -262,5 +273,86 @@ fn deleting_the_tap_stops_the_stack_with_the_reason() {
     assert_eq!(err.kind(), io::ErrorKind::NotConnected);
     let why = handle.shutdown().expect_err("the device failed");
     println!("{why}");
+    assert!(why.to_string().contains("was the device deleted?"), "{why}");
+}
+
+#[test]
+#[ignore = "needs root and a network namespace: run with cargo xtask test"]
+fn device_threads_run_the_device_loop_apart_and_are_joined() {
+    // A TAP name of its own: thread names are per process, and tests run in parallel.
+    let ns = NetNs::new();
+    ns.add_tap("dt0");
+    ns.run_in(LIMIT, || {
+        let handle = StackBuilder::host("dt0", &config(), 7)
+            .device_threads(true)
+            .spawn()
+            .expect("spawn");
+        let dev_tid = thread_named("ustack-dev-dt0").expect("the device thread");
+        let stack_tid = futures::executor::block_on(handle.call(|_, _| {
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::gettid() }
+        }))
+        .expect("call");
+        assert_ne!(
+            dev_tid, stack_tid,
+            "the device loop has a thread of its own"
+        );
+
+        // Frames cross the rings between the threads both ways.
+        let sock = futures::executor::block_on(PingSocket::open(&handle)).expect("open");
+        futures::executor::block_on(async {
+            for seq in 1..=3u16 {
+                sock.send_to(KERNEL_IP, seq, b"threads")
+                    .await
+                    .expect("send");
+                let reply = sock.recv_reply().await.expect("reply");
+                assert_eq!((reply.from, reply.seq), (KERNEL_IP, seq));
+            }
+        });
+        let stats = handle.io_stats();
+        assert!(stats.tx_packets >= 4 && stats.rx_packets >= 3, "{stats}");
+        drop(sock);
+
+        drop(handle);
+        assert!(thread_gone_soon(stack_tid), "the stack thread is joined");
+        assert!(thread_gone_soon(dev_tid), "the device thread is joined");
+    });
+    ns.run_in(LIMIT, || {
+        drop(stack_io::Tap::attach("dt0").expect("re-attach"))
+    });
+}
+
+#[test]
+#[ignore = "needs root and a network namespace: run with cargo xtask test"]
+fn device_threads_deleting_the_tap_stops_the_stack_with_the_reason() {
+    let ns = NetNs::new();
+    ns.add_tap("dt1");
+    let handle = ns.run_in(LIMIT, || {
+        StackBuilder::host("dt1", &config(), 7)
+            .device_threads(true)
+            .spawn()
+            .expect("spawn")
+    });
+    let dev_tid = thread_named("ustack-dev-dt1").expect("the device thread");
+    ns.ip(&["link", "del", "dt1"]);
+    // The device thread ends first; the stack follows.
+    assert!(
+        (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !thread_alive(dev_tid)
+        }),
+        "the device thread still runs 5 s after its TAP was deleted"
+    );
+    let err = futures::executor::block_on(async {
+        for _ in 0..500 {
+            match handle.call(|_, _| ()).await {
+                Ok(()) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return e,
+            }
+        }
+        panic!("the stack still answers 5 s after its TAP was deleted");
+    });
+    assert_eq!(err.kind(), io::ErrorKind::NotConnected);
+    let why = handle.shutdown().expect_err("the device failed");
     assert!(why.to_string().contains("was the device deleted?"), "{why}");
 }

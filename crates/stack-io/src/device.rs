@@ -345,9 +345,10 @@ pub async fn run_device(
     let mut rx_error_run = 0u32;
 
     // One poll drains everything that is ready right now: completed reads, then new
-    // frames on the TX ring, then completed writes. Frames cannot arrive during the
-    // poll (completions are dispatched, and the protocol task runs, only when we yield),
-    // so each pass ends.
+    // frames on the TX ring, then completed writes. Completions are dispatched only when
+    // we yield, and a protocol task on the same thread runs only then too, so each pass
+    // ends; one on another thread may keep the TX ring filling during the pass, which
+    // the in-flight limit bounds.
     let result = poll_fn(|cx| {
         // RX: deliver completed frames and re-post a read for each.
         while let Poll::Ready(Some((res, RxBuf(mut skb)))) = reads.poll_next_unpin(cx) {

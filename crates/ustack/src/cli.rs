@@ -358,6 +358,7 @@ impl LinkArgs {
         let options = StackOptions {
             impair: self.impair.clone(),
             offload: !self.no_offload,
+            ..StackOptions::default()
         };
         let handle =
             StackHandle::spawn_with(&self.tap, config.clone(), seed, options).map_err(|e| {
@@ -455,16 +456,15 @@ mod tests {
             })
         );
         assert_eq!(parse_iface("t=192.0.2.1/24").unwrap().mtu, None);
-        assert!(parse_iface("192.0.2.1/24").unwrap_err().contains("NAME="));
-        assert!(parse_iface("tap0=192.0.2.1")
-            .unwrap_err()
-            .contains("ADDRESS/PREFIX"));
-        assert!(parse_iface("tap0=192.0.2.1/24,mtu=40")
-            .unwrap_err()
-            .contains("68"));
-        assert!(parse_iface("tap0=192.0.2.1/24,speed=1")
-            .unwrap_err()
-            .contains("mtu=N"));
+        for (arg, says) in [
+            ("192.0.2.1/24", "NAME="),
+            ("tap0=192.0.2.1", "ADDRESS/PREFIX"),
+            ("tap0=192.0.2.1/24,mtu=40", "68"),
+            ("tap0=192.0.2.1/24,speed=1", "mtu=N"),
+        ] {
+            let e = parse_iface(arg).unwrap_err();
+            assert!(e.contains(says), "{arg}: {e}");
+        }
         assert!(parse_iface("a-very-long-name0=192.0.2.1/24").is_err());
         assert_eq!(
             parse_route("203.0.113.0/24=198.51.100.2"),
@@ -479,15 +479,14 @@ mod tests {
             parse_route("203.0.113.7=192.0.2.254").unwrap().prefix_len,
             32
         );
-        assert!(parse_route("203.0.113.1/24=192.0.2.254")
-            .unwrap_err()
-            .contains("203.0.113.0/24"));
-        assert!(parse_route("203.0.113.0/24")
-            .unwrap_err()
-            .contains("PREFIX=GATEWAY"));
-        assert!(parse_route("203.0.113.0/24=x")
-            .unwrap_err()
-            .contains("gateway"));
+        for (arg, says) in [
+            ("203.0.113.1/24=192.0.2.254", "203.0.113.0/24"),
+            ("203.0.113.0/24", "PREFIX=GATEWAY"),
+            ("203.0.113.0/24=x", "gateway"),
+        ] {
+            let e = parse_route(arg).unwrap_err();
+            assert!(e.contains(says), "{arg}: {e}");
+        }
     }
 
     #[test]

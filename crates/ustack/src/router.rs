@@ -18,6 +18,7 @@ pub fn builder(args: &RouterArgs, seed: u64) -> Result<StackBuilder, String> {
         .options(StackOptions {
             impair: args.impair.clone(),
             offload: !args.no_offload,
+            ..StackOptions::default()
         });
     for (i, iface) in args.ifaces.iter().enumerate() {
         if args.ifaces[..i].iter().any(|o| o.tap == iface.tap) {
@@ -79,17 +80,8 @@ pub async fn run(args: RouterArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Err(e) = crate::wait_for_signal().await {
-        eprintln!("ustack: cannot wait for signals: {e}");
-        return ExitCode::from(1);
-    }
-    observers.finish().await;
-    match cli::counters(&handle).await {
-        Ok(text) => print!("{text}"),
-        Err(e) => {
-            eprintln!("ustack: {e}");
-            return ExitCode::from(1);
-        }
+    if let Err(code) = crate::wait_then_report(&handle, observers).await {
+        return code;
     }
     if let Err(e) = handle.shutdown() {
         eprintln!("ustack: {e}");
