@@ -253,6 +253,19 @@ fn many_concurrent_calls_wait_for_room_and_all_complete() {
     });
 }
 
+/// Calls the stack every 10 ms until a call fails (its TAP was deleted); the error.
+fn wait_stopped(handle: &StackHandle) -> io::Error {
+    futures::executor::block_on(async {
+        for _ in 0..500 {
+            match handle.call(|_, _| ()).await {
+                Ok(()) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return e,
+            }
+        }
+        panic!("the stack still answers 5 s after its TAP was deleted");
+    })
+}
+
 #[test]
 #[ignore = "needs root and a network namespace: run with cargo xtask test"]
 fn deleting_the_tap_stops_the_stack_with_the_reason() {
@@ -261,15 +274,7 @@ fn deleting_the_tap_stops_the_stack_with_the_reason() {
         StackHandle::spawn("ustack0", config(), 7).expect("spawn")
     });
     ns.ip(&["link", "del", "ustack0"]);
-    let err = futures::executor::block_on(async {
-        for _ in 0..500 {
-            match handle.call(|_, _| ()).await {
-                Ok(()) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => return e,
-            }
-        }
-        panic!("the stack still answers 5 s after its TAP was deleted");
-    });
+    let err = wait_stopped(&handle);
     assert_eq!(err.kind(), io::ErrorKind::NotConnected);
     let why = handle.shutdown().expect_err("the device failed");
     println!("{why}");
@@ -343,15 +348,7 @@ fn device_threads_deleting_the_tap_stops_the_stack_with_the_reason() {
         }),
         "the device thread still runs 5 s after its TAP was deleted"
     );
-    let err = futures::executor::block_on(async {
-        for _ in 0..500 {
-            match handle.call(|_, _| ()).await {
-                Ok(()) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => return e,
-            }
-        }
-        panic!("the stack still answers 5 s after its TAP was deleted");
-    });
+    let err = wait_stopped(&handle);
     assert_eq!(err.kind(), io::ErrorKind::NotConnected);
     let why = handle.shutdown().expect_err("the device failed");
     assert!(why.to_string().contains("was the device deleted?"), "{why}");
