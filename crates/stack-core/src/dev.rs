@@ -513,11 +513,6 @@ impl Devices {
         id
     }
 
-    /// The device holding `addr`, if any (`__ip_dev_find`).
-    pub fn dev_of_addr(&self, addr: Ipv4Addr) -> Option<&NetDevice> {
-        self.iter().find(|d| d.addrs.iter().any(|a| a.addr == addr))
-    }
-
     /// The first Ethernet device (the one a host's broadcasts leave by when no route
     /// names a device).
     pub fn first_ethernet(&self) -> Option<&NetDevice> {

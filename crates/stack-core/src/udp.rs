@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::ipv4::route::RouteType;
-use crate::ipv4::{IpParams, Rtable, SendError, DEFAULT_TTL};
+use crate::ipv4::{DstCache, IpParams, SendError, DEFAULT_TTL};
 use crate::skb::{IpSummed, SendBuffer, Skb, WmemCounter};
 use crate::sock::Sock;
 use crate::stack::{Event, SocketId, Stack};
@@ -66,7 +66,7 @@ pub(crate) struct UdpSock {
     pending: Option<Cork>,
     signalled: bool,
     /// `sk_dst_cache` for the connected peer, valid while the FIB generation matches.
-    dst_cache: Option<(Ipv4Addr, Rtable, u64)>,
+    dst_cache: Option<DstCache>,
     drops: u64,
 }
 
@@ -208,7 +208,7 @@ impl Stack {
         let gen = self.ipv4.fib.generation();
         let s = self.udp_sock_mut(id).expect("checked");
         s.peer = Some(peer);
-        s.dst_cache = Some((*peer.ip(), rt, gen));
+        s.dst_cache = Some(DstCache::new(*peer.ip(), rt, gen));
         Ok(if local.ip().is_unspecified() {
             SocketAddrV4::new(rt.src, local.port())
         } else {
@@ -375,13 +375,13 @@ impl Stack {
         }
         let local = s.local.expect("autobound");
         let (broadcast_ok, cached) = (s.broadcast, s.dst_cache);
-        let rt = match cached {
-            Some((ip, rt, g)) if ip == *dst.ip() && g == gen => rt,
-            _ => {
+        let rt = match cached.and_then(|c| c.check(*dst.ip(), gen)) {
+            Some(rt) => rt,
+            None => {
                 let rt = self.ip_route_output(*dst.ip())?;
                 let s = self.udp_sock_mut(id).expect("checked");
                 if s.peer.is_some_and(|p| p.ip() == dst.ip()) {
-                    s.dst_cache = Some((*dst.ip(), rt, gen));
+                    s.dst_cache = Some(DstCache::new(*dst.ip(), rt, gen));
                 }
                 rt
             }

@@ -192,13 +192,7 @@ impl Stack {
             metric: spec.metric,
             proto: spec.proto,
         };
-        let exists = self
-            .ipv4
-            .fib
-            .routes()
-            .iter()
-            .any(|(t, e)| *t == Table::Main && same_route(e, &entry));
-        if exists {
+        if self.ipv4.fib.contains(Table::Main, &entry) {
             return Err(RouteError::Exists);
         }
         self.ipv4.fib.insert(Table::Main, entry)?;
@@ -239,8 +233,4 @@ impl Stack {
             },
         }
     }
-}
-
-fn same_route(a: &FibEntry, b: &FibEntry) -> bool {
-    a.prefix == b.prefix && a.prefix_len == b.prefix_len && a.metric == b.metric && a.oif == b.oif
 }

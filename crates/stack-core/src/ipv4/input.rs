@@ -176,16 +176,7 @@ impl Stack {
                 let in_dev = DeviceId(ifindex);
                 let redirect = from_wire && self.mkroute_input_redirect(src, in_dev, e);
                 InputRoute::Forward {
-                    rt: Rtable {
-                        rtype: RouteType::Unicast,
-                        dev: e.oif,
-                        nexthop: e.gateway.unwrap_or(dst),
-                        src: e
-                            .prefsrc
-                            .unwrap_or_else(|| self.inet_select_addr(e.oif, dst)),
-                        mtu: self.link.devs.get(e.oif).map_or(0, |d| d.mtu),
-                        gateway: e.gateway.is_some(),
-                    },
+                    rt: self.rt_from_fib(e, dst),
                     redirect,
                 }
             }

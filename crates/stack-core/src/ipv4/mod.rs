@@ -107,6 +107,31 @@ pub struct Rtable {
     pub gateway: bool,
 }
 
+/// `sk_dst_cache`: a socket's route to one destination, trusted while the FIB
+/// generation it was looked up under is current (`__sk_dst_check`); any route, address
+/// or MTU change bumps the generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DstCache {
+    dst: Ipv4Addr,
+    rt: Rtable,
+    generation: u64,
+}
+
+impl DstCache {
+    pub fn new(dst: Ipv4Addr, rt: Rtable, generation: u64) -> DstCache {
+        DstCache {
+            dst,
+            rt,
+            generation,
+        }
+    }
+
+    /// The cached route, if it is for `dst` and the FIB is still at `generation`.
+    pub fn check(&self, dst: Ipv4Addr, generation: u64) -> Option<Rtable> {
+        (self.dst == dst && self.generation == generation).then_some(self.rt)
+    }
+}
+
 /// Why a packet could not be sent; each maps to the errno Linux returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendError {

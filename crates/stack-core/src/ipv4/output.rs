@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use super::fragment;
-use super::route::RouteType;
+use super::route::{FibEntry, RouteType};
 use super::{IpParams, Rtable, SendError};
 use crate::dev::DeviceId;
 use crate::dev::LOOPBACK_IFINDEX;
@@ -61,7 +61,7 @@ impl Stack {
                 dev,
                 nexthop: dst,
                 src: self.inet_select_addr(dev, dst),
-                mtu: self.link.devs.get(dev).map_or(0, |d| d.mtu),
+                mtu: self.dev_mtu(dev),
                 gateway: false,
             });
         }
@@ -70,25 +70,38 @@ impl Stack {
         };
         match e.rtype {
             RouteType::Unicast | RouteType::Local | RouteType::Broadcast => {
-                let nexthop = e.gateway.unwrap_or(dst);
-                let mtu = if e.rtype == RouteType::Local {
-                    IP_MAX_PACKET
-                } else {
-                    self.link.devs.get(e.oif).map_or(0, |d| d.mtu)
-                };
-                Ok(Rtable {
-                    rtype: e.rtype,
-                    dev: e.oif,
-                    nexthop,
-                    src: e
-                        .prefsrc
-                        .unwrap_or_else(|| self.inet_select_addr(e.oif, nexthop)),
-                    mtu,
-                    gateway: e.gateway.is_some(),
-                })
+                Ok(self.rt_from_fib(&e, dst))
             }
             RouteType::Unreachable | RouteType::Blackhole => Err(SendError::HostUnreachable),
         }
+    }
+
+    /// The `rtable` a FIB entry gives a packet to `dst` (`rt_set_nexthop`): the entry's
+    /// device, the next hop (its gateway, or `dst` itself), the source (the entry's
+    /// `src`, else `inet_select_addr` of the device for the next hop) and the MTU (the
+    /// device's; a local route's packets never meet a wire). Output and forwarding
+    /// routes are made here alike.
+    pub(crate) fn rt_from_fib(&self, e: &FibEntry, dst: Ipv4Addr) -> Rtable {
+        let nexthop = e.gateway.unwrap_or(dst);
+        Rtable {
+            rtype: e.rtype,
+            dev: e.oif,
+            nexthop,
+            src: e
+                .prefsrc
+                .unwrap_or_else(|| self.inet_select_addr(e.oif, nexthop)),
+            mtu: if e.rtype == RouteType::Local {
+                IP_MAX_PACKET
+            } else {
+                self.dev_mtu(e.oif)
+            },
+            gateway: e.gateway.is_some(),
+        }
+    }
+
+    /// The MTU of device `dev` (0 for one the stack does not have: nothing fits).
+    fn dev_mtu(&self, dev: DeviceId) -> usize {
+        self.link.devs.get(dev).map_or(0, |d| d.mtu)
     }
 
     /// `ip_queue_xmit` / `ip_build_and_send_pkt`: push the IPv4 header in front of the

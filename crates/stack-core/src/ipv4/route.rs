@@ -179,6 +179,19 @@ impl Fib {
         Ok(())
     }
 
+    /// Whether `table` holds a route with `entry`'s key (prefix, metric, device): what
+    /// `ip route add` refuses with EEXIST and `insert` would replace.
+    pub fn contains(&self, table: Table, entry: &FibEntry) -> bool {
+        let t = match table {
+            Table::Local => &self.local,
+            Table::Main => &self.main,
+        };
+        t.by_len
+            .get(usize::from(entry.prefix_len))
+            .and_then(|m| m.get(&u32::from(entry.prefix)))
+            .is_some_and(|routes| routes.iter().any(|e| e.same_key(entry)))
+    }
+
     /// Remove the first route to `prefix/prefix_len` that `matches` accepts
     /// (`fib_table_delete`: `ip route del` names as much of the route as it wants).
     pub fn remove_if(

@@ -145,7 +145,7 @@ pub(crate) struct TcpSock {
     /// Whether the socket is in the established hash.
     pub hashed: bool,
     /// `sk_dst_cache`: the route to `remote`, valid while the FIB generation matches.
-    pub dst_cache: Option<(crate::ipv4::Rtable, u64)>,
+    pub dst_cache: Option<crate::ipv4::DstCache>,
 
     // Listener.
     pub backlog: usize,
@@ -559,14 +559,12 @@ impl Stack {
     pub(crate) fn tcp_dst(&mut self, id: SocketId) -> Option<crate::ipv4::Rtable> {
         let gen = self.ipv4.fib.generation();
         let s = self.tcp_sock(id)?;
-        if let Some((rt, g)) = s.dst_cache {
-            if g == gen {
-                return Some(rt);
-            }
-        }
         let remote = *s.remote?.ip();
+        if let Some(rt) = s.dst_cache.and_then(|c| c.check(remote, gen)) {
+            return Some(rt);
+        }
         let rt = self.ip_route_output(remote).ok()?;
-        self.tcp_sock_mut(id)?.dst_cache = Some((rt, gen));
+        self.tcp_sock_mut(id)?.dst_cache = Some(crate::ipv4::DstCache::new(remote, rt, gen));
         Some(rt)
     }
 
