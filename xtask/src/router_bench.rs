@@ -92,7 +92,13 @@ pub fn measure(kind: RouterKind) -> std::result::Result<Measured, String> {
         if let Some(out) = bed.stop() {
             if let Some(c) = testbed::counters_block(&out.stdout) {
                 let get = |s: &str, n: &str| c.get(s).and_then(|x| x.get(n)).copied().unwrap_or(0);
-                let io = |n: &str| io_counter(&out.stdout, n);
+                // The device loops' blocks, one per TAP ("Io ra", "Io rb"), summed.
+                let io = |n: &str| -> u64 {
+                    c.iter()
+                        .filter(|(section, _)| section.starts_with("Io "))
+                        .filter_map(|(_, counters)| counters.get(n))
+                        .sum()
+                };
                 m.notes.push(format!(
                     "ustack router counters: Ip ForwDatagrams {}, Dev RxDropped {}, TxDropped {}, \
                      Io RxDropped {}, Io RxPackets {}, RxEmpty {}, TxPackets {}, TxBatches {}",
@@ -109,33 +115,6 @@ pub fn measure(kind: RouterKind) -> std::result::Result<Measured, String> {
         }
     }
     Ok(m)
-}
-
-/// Counter `name` of the device loops' "Io TAP:" blocks, summed over the TAPs (the
-/// snmp parser skips sections with a space in their name).
-fn io_counter(stdout: &str, name: &str) -> u64 {
-    let mut sum = 0;
-    let mut names: Vec<&str> = Vec::new();
-    for line in stdout.lines() {
-        let Some(rest) = line.strip_prefix("Io ") else {
-            continue;
-        };
-        let Some((_, fields)) = rest.split_once(':') else {
-            continue;
-        };
-        let fields: Vec<&str> = fields.split_whitespace().collect();
-        if fields.iter().all(|f| f.parse::<u64>().is_ok()) {
-            if let Some(i) = names.iter().position(|n| *n == name) {
-                sum += fields
-                    .get(i)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        } else {
-            names = fields;
-        }
-    }
-    sum
 }
 
 /// `flows` kernel connections A to B's discard listener, writing for `TCP_SECONDS`.

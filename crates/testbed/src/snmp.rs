@@ -25,8 +25,11 @@ pub fn parse_snmp(text: &str) -> Counters {
             header = None;
             continue;
         };
+        // A section may carry a qualifier after a space: `ustack router` prints one
+        // device-loop block per TAP as "Io ra:". A prose line with a colon ("64 bytes
+        // from 192.0.2.1: icmp_seq=1 ...") becomes a header nothing pairs with.
         let section = section.trim();
-        if section.is_empty() || section.contains(char::is_whitespace) {
+        if section.is_empty() {
             header = None;
             continue;
         }
@@ -146,6 +149,15 @@ Ip: 1 2
         // A name without a value is absent.
         assert_eq!(c["Arp"].len(), 2);
         assert!(!c.contains_key("Ip"));
+    }
+
+    #[test]
+    fn reads_per_device_sections() {
+        let c = parse_snmp(
+            "Io ra: RxPackets TxPackets\nIo ra: 5 6\nIo rb: RxPackets TxPackets\nIo rb: 7 8\n",
+        );
+        assert_eq!(c["Io ra"]["RxPackets"], 5);
+        assert_eq!(c["Io rb"]["TxPackets"], 8);
     }
 
     #[test]
