@@ -57,6 +57,8 @@ const UDP_WARMUP: Duration = Duration::from_millis(300);
 const UDP_INTERVALS: (usize, Duration) = (3, Duration::from_secs(1));
 /// A small datagram, and 1472 B, the largest payload one 1500-byte frame carries unfragmented.
 const UDP_SIZES: [(usize, &str); 2] = [(64, UDP_64_ROW), (1472, UDP_1472_ROW)];
+/// The busy-polling window of the second ustack column, in µs (`--busy-poll`).
+const BUSY_POLL_US: &str = "200";
 const UDP_64_ROW: &str = "UDP echo 64 B (dgram/s)";
 const UDP_1472_ROW: &str = "UDP echo 1472 B (dgram/s)";
 
@@ -137,11 +139,50 @@ struct Column {
     samples: Vec<Sample>,
     errors: Vec<String>,
     notes: Vec<String>,
+    /// CPUs the responder process kept busy (user + system time over wall time) while
+    /// the probe behind a row ran; absent for the kernel, which has no such process.
+    cpu: Vec<(&'static str, f64)>,
 }
 
 impl Column {
     fn get(&self, row: &str) -> Option<f64> {
         self.samples.iter().find(|s| s.row == row).map(|s| s.value)
+    }
+
+    fn cpu(&self, row: &str) -> Option<f64> {
+        self.cpu.iter().find(|c| c.0 == row).map(|c| c.1)
+    }
+
+    /// Take in a probe's samples, with the CPU its responder used meanwhile.
+    fn add(&mut self, samples: Vec<Sample>, cpu: Option<f64>) {
+        if let Some(cpu) = cpu {
+            self.cpu.extend(samples.iter().map(|s| (s.row, cpu)));
+        }
+        self.samples.extend(samples);
+    }
+}
+
+/// Measures the CPUs a process uses between `start` and `stop`.
+struct CpuMeter {
+    pid: Option<u32>,
+    cpu: Option<f64>,
+    started: Instant,
+}
+
+impl CpuMeter {
+    fn start(pid: Option<u32>) -> CpuMeter {
+        CpuMeter {
+            pid,
+            cpu: pid.and_then(cpu_seconds),
+            started: Instant::now(),
+        }
+    }
+
+    /// CPUs used on average since `start`.
+    fn stop(&self) -> Option<f64> {
+        let (before, after) = (self.cpu?, self.pid.and_then(cpu_seconds)?);
+        let wall = self.started.elapsed().as_secs_f64();
+        (wall > 0.0).then(|| (after - before) / wall)
     }
 }
 
@@ -154,8 +195,12 @@ pub fn run(only: Option<&str>) -> Result {
     let hosts = only != Some("router");
     let routers = only != Some("host");
     let start = Instant::now();
-    let (mut ustack, mut kernel, mut smoltcp) =
-        (Column::default(), Column::default(), Column::default());
+    let (mut ustack, mut ustack_bp, mut kernel, mut smoltcp) = (
+        Column::default(),
+        Column::default(),
+        Column::default(),
+        Column::default(),
+    );
     if hosts {
         step("building smoltcp-peer (release)");
         let peer = build_smoltcp_peer()?;
@@ -164,13 +209,18 @@ pub fn run(only: Option<&str>) -> Result {
             tcp_bench::BULK_RUNS,
             tcp_bench::BULK_BYTES / 1_000_000
         );
-        step("target 1/3: ustack on TAP ustack0");
-        ustack = measure_ustack(&bin);
+        step("target 1/4: ustack on TAP ustack0");
+        ustack = measure_ustack(&bin, &[]);
         check_interrupt()?;
-        step("target 2/3: Linux kernel on a veth pair");
+        step(&format!(
+            "target 2/4: ustack on TAP ustack0, --busy-poll {BUSY_POLL_US}"
+        ));
+        ustack_bp = measure_ustack(&bin, &["--busy-poll", BUSY_POLL_US]);
+        check_interrupt()?;
+        step("target 3/4: Linux kernel on a veth pair");
         kernel = measure_kernel();
         check_interrupt()?;
-        step("target 3/3: smoltcp on TAP ustack0 (TCP only)");
+        step("target 4/4: smoltcp on TAP ustack0 (TCP only)");
         smoltcp = measure_smoltcp(&peer);
         check_interrupt()?;
     }
@@ -200,16 +250,25 @@ pub fn run(only: Option<&str>) -> Result {
         "results ({:.0} s of measurement)",
         start.elapsed().as_secs_f64()
     ));
-    print_table(&ustack, &kernel, &smoltcp);
+    print_table(&ustack, &ustack_bp, &kernel, &smoltcp);
+    println!(
+        "cpu: CPUs the responder process used while the row was measured (user + system \
+         over wall time; the kernel's own work has no process to charge). \
+         bp: ustack with --busy-poll {BUSY_POLL_US} (µs)."
+    );
     println!(
         "router rows: the ustack column is ustack router, the kernel column a Linux router \
          (ip_forward=1, veths) on the same topology"
     );
-    print_target(&ustack, &smoltcp);
+    if hosts {
+        print_targets("ustack", &ustack, &kernel, &smoltcp);
+        print_targets("ustack bp", &ustack_bp, &kernel, &smoltcp);
+    }
     print_router_target(&ustack, &kernel);
     let mut failed = false;
     for (name, col) in [
         ("ustack", &ustack),
+        ("ustack bp", &ustack_bp),
         ("kernel veth", &kernel),
         ("smoltcp", &smoltcp),
     ] {
@@ -256,7 +315,8 @@ fn build_smoltcp_peer() -> Result<PathBuf> {
     }
 }
 
-fn measure_ustack(bin: &Path) -> Column {
+/// `ustack host` with `extra` arguments (busy polling, say) as the responder.
+fn measure_ustack(bin: &Path, extra: &[&str]) -> Column {
     let mut col = Column::default();
     let setup = || -> Result<(Netns, Child)> {
         let ns = Netns::new("bench-ustack").map_err(|e| e.to_string())?;
@@ -264,6 +324,7 @@ fn measure_ustack(bin: &Path) -> Column {
         tcp_bench::prepare_client(&ns).map_err(|e| e.to_string())?;
         let mut cmd = ns.cmd(bin);
         cmd.args(["host", "--tap", TAP, "--addr", SERVER_CIDR]);
+        cmd.args(extra);
         let host = Child::spawn(cmd).map_err(|e| e.to_string())?;
         Ok((ns, host))
     };
@@ -282,7 +343,7 @@ fn measure_ustack(bin: &Path) -> Column {
         col.errors.push(e);
         return col;
     }
-    run_probes(&target, &mut col);
+    run_probes(&target, Some(host.pid()), &mut col);
     for probe in tcp_bench::PROBES {
         if util::interrupted() {
             break;
@@ -364,7 +425,7 @@ fn measure_kernel() -> Column {
         col.errors.push(e);
         return col;
     }
-    run_probes(&target, &mut col);
+    run_probes(&target, None, &mut col);
     for probe in tcp_bench::PROBES {
         if util::interrupted() {
             break;
@@ -445,29 +506,18 @@ fn measure_smoltcp(peer: &Path) -> Column {
     col
 }
 
-/// Runs one TCP probe from `client`. With the server's pid (a userspace stack), notes how many
-/// CPUs it kept busy meanwhile: on this 2-CPU VM a stack that needs two cores for a rate
+/// Runs one TCP probe from `client`. With the server's pid (a userspace stack), records how
+/// many CPUs it kept busy meanwhile: on this 2-CPU VM a stack that needs two cores for a rate
 /// competes with the kernel client for them, one that needs one does not.
 fn run_tcp_probe(probe: &TcpProbe, client: &Netns, server_pid: Option<u32>, col: &mut Column) {
     println!("    {} ...", probe.name);
     util::flush();
-    let cpu_before = server_pid.and_then(cpu_seconds);
-    let started = Instant::now();
+    let meter = CpuMeter::start(server_pid);
     match (probe.run)(client, SERVER_ADDR) {
         Ok(m) => {
-            col.samples.extend(m.samples);
+            col.add(m.samples, meter.stop());
             col.notes
                 .extend(m.notes.into_iter().map(|n| format!("{}: {n}", probe.name)));
-            let wall = started.elapsed().as_secs_f64();
-            if let (Some(before), Some(after)) = (cpu_before, server_pid.and_then(cpu_seconds)) {
-                col.notes.push(format!(
-                    "{}: the server process used {:.2} CPUs (user+system, {:.1} s in {:.1} s)",
-                    probe.name,
-                    (after - before) / wall,
-                    after - before,
-                    wall
-                ));
-            }
         }
         Err(e) => col.errors.push(format!("{}: {e}", probe.name)),
     }
@@ -485,16 +535,17 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     (hz > 0).then(|| ticks as f64 / hz as f64)
 }
 
-fn run_probes(target: &Target<'_>, col: &mut Column) {
+fn run_probes(target: &Target<'_>, server_pid: Option<u32>, col: &mut Column) {
     for (name, probe) in PROBES {
         if util::interrupted() {
             return;
         }
         println!("    {name} ...");
         util::flush();
+        let meter = CpuMeter::start(server_pid);
         match probe(target) {
             Ok(m) => {
-                col.samples.extend(m.samples);
+                col.add(m.samples, meter.stop());
                 col.notes
                     .extend(m.notes.into_iter().map(|n| format!("{name}: {n}")));
             }
@@ -691,7 +742,7 @@ fn udp_echo_rate(target: &Target<'_>, (size, row): (usize, &'static str)) -> Res
     Ok(m)
 }
 
-fn print_table(ustack: &Column, kernel: &Column, smoltcp: &Column) {
+fn print_table(ustack: &Column, ustack_bp: &Column, kernel: &Column, smoltcp: &Column) {
     // Kernel RTTs are a few µs and throughputs a few Gb/s, so small values keep a decimal,
     // and a stalled transfer's hundredths of a Gb/s keep two.
     let fmt = |v: Option<f64>| match v {
@@ -700,45 +751,75 @@ fn print_table(ustack: &Column, kernel: &Column, smoltcp: &Column) {
         Some(v) => format!("{v:.0}"),
         None => "n/a".to_string(),
     };
+    let cpu = |v: Option<f64>| v.map_or("-".to_string(), |c| format!("{c:.2}"));
     let ratio = |u: Option<f64>, other: Option<f64>| match (u, other) {
         (Some(u), Some(o)) if o > 0.0 => format!("{:.2}", u / o),
         _ => "n/a".to_string(),
     };
     let width = ROWS.iter().map(|r| r.chars().count()).max().unwrap_or(0);
-    println!(
-        "{:<width$}  {:>12}  {:>12}  {:>12}  {:>14}  {:>15}",
-        "", "ustack", "kernel veth", "smoltcp TAP", "ustack/kernel", "ustack/smoltcp"
-    );
+    let header = [
+        "ustack", "cpu", "bp", "cpu", "kernel", "smoltcp", "cpu", "u/kern", "u/smol", "bp/kern",
+        "bp/smol",
+    ];
+    print!("{:<width$}", "");
+    for h in header {
+        print!("  {h:>7}");
+    }
+    println!();
     for row in ROWS {
-        let (u, k) = (ustack.get(row), kernel.get(row));
+        let (u, b, k) = (ustack.get(row), ustack_bp.get(row), kernel.get(row));
         // smoltcp is only measured on the host TCP rows; elsewhere there is nothing to show.
-        let (s, us) = if tcp_bench::ROWS.contains(row) {
-            let s = smoltcp.get(row);
-            (fmt(s), ratio(u, s))
-        } else {
-            ("-".to_string(), "-".to_string())
-        };
-        // Width counts chars, not bytes, so "µ" pads right.
-        println!(
-            "{row:<width$}  {:>12}  {:>12}  {:>12}  {:>14}  {:>15}",
+        let host_tcp = tcp_bench::ROWS.contains(row);
+        let sm = |v: String| if host_tcp { v } else { "-".to_string() };
+        let s = smoltcp.get(row);
+        let cells = [
             fmt(u),
+            cpu(ustack.cpu(row)),
+            fmt(b),
+            cpu(ustack_bp.cpu(row)),
             fmt(k),
-            s,
+            sm(fmt(s)),
+            sm(cpu(smoltcp.cpu(row))),
             ratio(u, k),
-            us
-        );
+            sm(ratio(u, s)),
+            ratio(b, k),
+            sm(ratio(b, s)),
+        ];
+        // Width counts chars, not bytes, so "µ" pads right.
+        print!("{row:<width$}");
+        for c in cells {
+            print!("  {c:>7}");
+        }
+        println!();
     }
 }
 
-/// The issue's target for TCP throughput, ustack at least 3x smoltcp, met or not, row by row.
-fn print_target(ustack: &Column, smoltcp: &Column) {
-    const TARGET: f64 = 3.0;
-    for row in tcp_bench::THROUGHPUT_ROWS {
-        let line = match (ustack.get(row), smoltcp.get(row)) {
-            (Some(u), Some(s)) if s > 0.0 => {
-                let r = u / s;
-                let verdict = if r >= TARGET { "met" } else { "NOT met" };
-                format!("ustack/smoltcp = {r:.2}, target >= {TARGET}: {verdict}")
+/// The per-packet issue's targets, met or not, for one ustack column.
+fn print_targets(name: &str, u: &Column, kernel: &Column, smoltcp: &Column) {
+    // (row, reference, "at most" or "at least", factor)
+    let checks: &[(&str, &Column, &str, bool, f64)] = &[
+        (tcp_bench::RR_P50_ROW, smoltcp, "smoltcp", false, 1.0),
+        (tcp_bench::RR_P99_ROW, smoltcp, "smoltcp", false, 1.5),
+        (tcp_bench::CPS_ROW, smoltcp, "smoltcp", true, 1.0),
+        (tcp_bench::CPS_ROW, kernel, "kernel", true, 0.8),
+        (ROWS[1], kernel, "kernel", false, 3.0),
+        (UDP_64_ROW, kernel, "kernel", true, 0.7),
+        (UDP_1472_ROW, kernel, "kernel", true, 0.7),
+        (tcp_bench::RX_ROW, smoltcp, "smoltcp", true, 2.0),
+        (tcp_bench::RX_ROW, kernel, "kernel", true, 0.9),
+        (tcp_bench::TX_ROW, smoltcp, "smoltcp", true, 2.0),
+        (tcp_bench::TX_ROW, kernel, "kernel", true, 0.9),
+    ];
+    for &(row, reference, ref_name, at_least, factor) in checks {
+        let line = match (u.get(row), reference.get(row)) {
+            (Some(v), Some(r)) if r > 0.0 => {
+                let q = v / r;
+                let ok = if at_least { q >= factor } else { q <= factor };
+                format!(
+                    "{name}/{ref_name} = {q:.2}, target {} {factor}: {}",
+                    if at_least { ">=" } else { "<=" },
+                    if ok { "met" } else { "NOT met" }
+                )
             }
             _ => "not measured on both".to_string(),
         };

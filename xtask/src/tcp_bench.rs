@@ -27,8 +27,6 @@ pub const RR_P99_ROW: &str = "TCP 1-byte RR p99 (µs)";
 pub const CPS_ROW: &str = "TCP connections/s";
 /// The rows these probes fill, in table order.
 pub const ROWS: &[&str] = &[RX_ROW, TX_ROW, RR_P50_ROW, RR_P99_ROW, CPS_ROW];
-/// The throughput rows: the ones the "ustack >= 3x smoltcp" target is about.
-pub const THROUGHPUT_ROWS: &[&str] = &[RX_ROW, TX_ROW];
 
 /// Bytes per bulk transfer: the 1 GB. At the 3-9 Gb/s the userspace stacks reach here
 /// one transfer takes 1-3 s, so three per row and direction keep the whole bench (all three

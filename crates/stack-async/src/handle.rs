@@ -2,27 +2,24 @@
 //!
 //! ```text
 //!   handles (any thread, any executor)
-//!        | command channel (bounded, 256)
+//!        | command channel (bounded, 256); a wake writes an eventfd if the thread sleeps
 //!        v
-//!   +-------------------- thread "ustack-uring" (tokio-uring runtime) ---------------+
-//!   |  protocol task: Stack  <-- RX ring (1024) --  device loop  <-- TAP fd (io_uring) |
-//!   |                        --- TX ring (1024) -->              -->                  |
-//!   +---------------------------------------------------------------------------------+
+//!   +------------------- thread "ustack-uring" (one io_uring) -------------------+
+//!   |  Protocol: Stack  <-- multishot read, provided buffers <--  TAP fd (per TAP) |
+//!   |                   --- writes, up to tx_inflight per TAP -->                  |
+//!   +-----------------------------------------------------------------------------+
 //! ```
 //!
-//! The rings are bounded like a NIC's descriptor rings: a full RX ring drops frames in
-//! the device loop, a full TX ring leaves frames queued in the core.
-//!
-//! With [`StackOptions::device_threads`] each device loop runs on a thread of its own
-//! ("ustack-dev-TAP", its own tokio-uring runtime) instead, so the TAP reads and writes,
-//! and the kernel work done inline in them, overlap with the protocol task. The rings
-//! are the same channels; only their ends live on different threads.
+//! The rings are bounded like a NIC's descriptor rings: a TAP's provided buffers run
+//! out and frames wait in the TAP's queue (the kernel drops beyond its `txqueuelen`);
+//! a full TX ring leaves frames queued in the core's qdisc.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle, ThreadId};
+use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
 use futures::SinkExt;
@@ -35,20 +32,14 @@ use stack_core::ipv4::Ipv4Conf;
 use stack_core::stack::{SocketId, Stack, StackConfig};
 use stack_core::wire::MacAddr;
 use stack_core::{DeviceId, IfAddr, Instant, NetDeviceConfig, Offloads};
-use stack_io::{run_device, DeviceConfig, IoStats, IoStatsSnapshot, Tap, TapOptions};
+use stack_io::{DeviceConfig, IoStats, IoStatsSnapshot, Tap, TapOptions, Uring};
 
-use crate::proto::{Clock, Command, DevLink, Exit, Protocol, ReadableFn, StackCtx};
+use crate::proto::{self, Clock, Command, DevLink, Exit, Protocol, ReadableFn, StackCtx};
 
-/// Capacity of the RX ring (device -> protocol task), in frames.
-pub const RX_RING: usize = 1024;
-/// Capacity of the TX ring (protocol task -> device), in frames.
-pub const TX_RING: usize = 1024;
-/// Capacity of the command channel (handles -> protocol task).
+/// Capacity of the command channel (handles -> stack thread).
 pub const COMMAND_QUEUE: usize = 256;
 
 const THREAD_NAME: &str = "ustack-uring";
-/// Device threads are "ustack-dev-" + the TAP's name (the kernel keeps 15 bytes of it).
-const DEVICE_THREAD_PREFIX: &str = "ustack-dev-";
 
 /// How long `spawn` waits for the kernel to see the TAP's carrier (normally a few ms).
 const LINK_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -106,19 +97,13 @@ pub struct StackOptions {
     /// every frame, TSO super-packets both ways). On by default; if the kernel refuses,
     /// the stack runs without, as it does when this is off.
     pub offload: bool,
-    /// Run each TAP's device loop on a thread of its own ("ustack-dev-TAP", with its
-    /// own io_uring runtime) rather than next to the protocol task on the stack thread.
-    /// The TAP's reads and writes (and what the kernel does inline in them: copying
-    /// the frame, and on a write, running the receiving side's stack) then overlap
-    /// with the protocol's work, at the price of a cross-thread wake-up per burst.
-    ///
-    /// Off by default. Measured on a 2-vCPU machine, where the kernel hosts on the other
-    /// ends of the TAPs need the CPUs too, it cost `ustack router` more than it gained:
-    /// 64-byte UDP forwarding about 0.6x, ping through it about 1.5x the round trip,
-    /// TCP within noise, for 0.15-0.3 CPUs more. On `ustack host` it made UDP echo 4-5x
-    /// faster but ping, TCP request/response and TCP sending slower. Worth measuring
-    /// again with more cores.
-    pub device_threads: bool,
+    /// Busy polling (`net.core.busy_poll`): after a pass over the devices, sockets
+    /// and timers found nothing to do, the stack thread keeps looking for this long
+    /// before it sleeps in the kernel, yielding the CPU between looks. A frame that
+    /// arrives meanwhile is taken without the thread's wake-up (tens of µs on a VM),
+    /// at the price of CPU time spent looking. Zero (the default, as in Linux) parks
+    /// at once.
+    pub busy_poll: Duration,
 }
 
 impl Default for StackOptions {
@@ -126,7 +111,7 @@ impl Default for StackOptions {
         StackOptions {
             impair: None,
             offload: true,
-            device_threads: false,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -156,8 +141,7 @@ impl TapDevice {
 }
 
 /// Starts a stack on any number of TAPs: each gets a device in the core (ifindex 2,
-/// 3, ... in the order given) and a device loop of its own, on the stack thread or
-/// (with [`StackBuilder::device_threads`]) on a thread of its own.
+/// 3, ... in the order given), and all of them share the stack thread's io_uring.
 ///
 /// ```no_run
 /// # fn main() -> std::io::Result<()> {
@@ -240,9 +224,9 @@ impl StackBuilder {
         self
     }
 
-    /// [`StackOptions::device_threads`]: one thread per device loop.
-    pub fn device_threads(mut self, on: bool) -> StackBuilder {
-        self.options.device_threads = on;
+    /// [`StackOptions::busy_poll`].
+    pub fn busy_poll(mut self, spin: Duration) -> StackBuilder {
+        self.options.busy_poll = spin;
         self
     }
 
@@ -250,8 +234,7 @@ impl StackBuilder {
     ///
     /// The TAPs are attached here, on the calling thread, so a missing or busy device
     /// is reported by this call and devices are looked up in the caller's network
-    /// namespace. The io_uring runtime is created before this returns, for the same
-    /// reason. It also waits (up to a second) for the kernel to consider each link
+    /// namespace. The io_uring is created before this returns, for the same reason. It also waits (up to a second) for the kernel to consider each link
     /// running, so the kernel's first frames to us are not dropped on its side. A route
     /// that cannot be installed fails the call with the message `ip route` would print.
     pub fn spawn(self) -> io::Result<StackHandle> {
@@ -548,227 +531,79 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// The body of the "ustack-uring" thread.
-///
-/// We build the runtime with `tokio_uring::Runtime::new` + `block_on` rather than
-/// `tokio_uring::start`, which is the same two steps but panics when io_uring is not
-/// available; this way that failure comes back from `spawn` as an error.
+/// The body of the "ustack-uring" thread: build the stack and its ring, report, run.
 fn stack_thread(
     plan: Plan,
     commands: mpsc::Receiver<Command>,
     stats: Vec<Arc<IoStats>>,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
 ) -> io::Result<()> {
-    let rt = match uring_runtime() {
-        Ok(rt) => rt,
+    let clock = Clock::start();
+    let mut stack = Stack::with_conf(plan.conf, clock.now(), plan.seed);
+    let mut taps = Vec::new();
+    let mut links = Vec::new();
+    for (tap, spec, offloads) in plan.devices {
+        let dev = stack.add_device(NetDeviceConfig {
+            name: spec.tap.clone(),
+            mac: spec.mac,
+            mtu: spec.mtu,
+            offloads,
+        });
+        for a in &spec.addrs {
+            if let Err(e) = stack.addr_add(dev, *a) {
+                let _ = ready.send(Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("ustack: cannot add address {a} to {}: {e}", spec.tap),
+                )));
+                return Ok(());
+            }
+        }
+        let mut link = DevLink::new(dev);
+        if let Some(cfg) = &plan.options.impair {
+            // Independent streams per direction (and per device) from one seed.
+            let mut rx_cfg = cfg.clone();
+            rx_cfg.seed ^= u64::from(dev.0 - DeviceId::ETH0.0).wrapping_mul(0x9e37_79b9);
+            let mut tx_cfg = rx_cfg.clone();
+            tx_cfg.seed ^= 0x7478_5f69_6d70_6169;
+            link = link.with_impairment(Impairment::new(rx_cfg), Impairment::new(tx_cfg));
+        }
+        links.push(link);
+        taps.push(tap);
+    }
+    if let Some(gw) = plan.onlink_gateway {
+        let route = FibEntry::unicast(Ipv4Addr::UNSPECIFIED, 0, Some(gw), DeviceId::ETH0);
+        let _ = stack.fib_mut().insert(Table::Main, route);
+    }
+    for r in plan.routes {
+        if let Err(e) = stack.route_add(r) {
+            let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+            let _ = ready.send(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "ustack: cannot add route {}/{}{via}: {e}",
+                    r.prefix, r.prefix_len
+                ),
+            )));
+            return Ok(());
+        }
+    }
+    // Receive into the core's own pool, so buffers cycle between the devices and the
+    // stack without allocation.
+    let uring = match Uring::new(taps, stats, stack.pool().clone(), DeviceConfig::default()) {
+        Ok(u) => u,
         Err(e) => {
             let _ = ready.send(Err(e));
             return Ok(());
         }
     };
+    let _ = ready.send(Ok(()));
 
-    rt.block_on(async move {
-        let clock = Clock::start();
-        let mut stack = Stack::with_conf(plan.conf, clock.now(), plan.seed);
-        let mut taps = Vec::new();
-        for (tap, spec, offloads) in plan.devices {
-            let dev = stack.add_device(NetDeviceConfig {
-                name: spec.tap.clone(),
-                mac: spec.mac,
-                mtu: spec.mtu,
-                offloads,
-            });
-            for a in &spec.addrs {
-                if let Err(e) = stack.addr_add(dev, *a) {
-                    let _ = ready.send(Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("ustack: cannot add address {a} to {}: {e}", spec.tap),
-                    )));
-                    return Ok(());
-                }
-            }
-            taps.push((dev, tap));
-        }
-        if let Some(gw) = plan.onlink_gateway {
-            let route = FibEntry::unicast(Ipv4Addr::UNSPECIFIED, 0, Some(gw), DeviceId::ETH0);
-            let _ = stack.fib_mut().insert(Table::Main, route);
-        }
-        for r in plan.routes {
-            if let Err(e) = stack.route_add(r) {
-                let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-                let _ = ready.send(Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "ustack: cannot add route {}/{}{via}: {e}",
-                        r.prefix, r.prefix_len
-                    ),
-                )));
-                return Ok(());
-            }
-        }
-        // Receive into the core's own pool, so buffers cycle between the devices and
-        // the stack without allocation.
-        let pool = stack.pool().clone();
-        let mut links = Vec::new();
-        let mut loops: Vec<(String, DeviceTask)> = Vec::new();
-        for ((dev, tap), stats) in taps.into_iter().zip(stats) {
-            let (rx_tx, rx_rx) = mpsc::channel(RX_RING);
-            let (tx_tx, tx_rx) = mpsc::channel(TX_RING);
-            let name = tap.name().to_owned();
-            let device = DeviceLoop {
-                tap,
-                pool: pool.clone(),
-                rx_ring: rx_tx,
-                tx_ring: tx_rx,
-                stats,
-            };
-            let task = if plan.options.device_threads {
-                match device.spawn_thread(&name) {
-                    Ok(thread) => DeviceTask::Thread(thread),
-                    Err(e) => {
-                        // Closing the TX rings ends the loops already started.
-                        drop(links);
-                        for (name, task) in loops {
-                            let _ = task.finish(&name).await;
-                        }
-                        let _ = ready.send(Err(e));
-                        return Ok(());
-                    }
-                }
-            } else {
-                DeviceTask::Local(tokio_uring::spawn(device.run()))
-            };
-            loops.push((name, task));
-            let mut link = DevLink::new(dev, rx_rx, tx_tx);
-            if let Some(cfg) = &plan.options.impair {
-                // Independent streams per direction (and per device) from one seed.
-                let mut rx_cfg = cfg.clone();
-                rx_cfg.seed ^= u64::from(dev.0 - DeviceId::ETH0.0).wrapping_mul(0x9e37_79b9);
-                let mut tx_cfg = rx_cfg.clone();
-                tx_cfg.seed ^= 0x7478_5f69_6d70_6169;
-                link = link.with_impairment(Impairment::new(rx_cfg), Impairment::new(tx_cfg));
-            }
-            links.push(link);
-        }
-        let _ = ready.send(Ok(()));
-
-        // Ends when the handles are gone or a device loop ended; dropping it closes
-        // the TX rings, which ends the device loops in turn.
-        let protocol = Protocol::new(stack, clock, links, commands);
-        let exit = protocol.await;
-        let mut result = Ok(());
-        for (name, device) in loops {
-            if let Err(e) = device.finish(&name).await {
-                if exit == Exit::Device {
-                    tracing::error!("ustack: the device loop of {name} failed, stack stopped: {e}");
-                }
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
-        result
-    })
-}
-
-/// A tokio-uring runtime, or the error `spawn` reports when io_uring is not available.
-fn uring_runtime() -> io::Result<tokio_uring::Runtime> {
-    tokio_uring::Runtime::new(&tokio_uring::builder()).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "ustack: cannot create an io_uring instance: {e} (is io_uring disabled \
-                 by the kernel.io_uring_disabled sysctl or a seccomp filter?)"
-            ),
-        )
-    })
-}
-
-/// What one device loop runs on: its TAP and its ends of the rings.
-struct DeviceLoop {
-    tap: Tap,
-    pool: stack_core::SkbPool,
-    rx_ring: mpsc::Sender<stack_core::Skb>,
-    tx_ring: mpsc::Receiver<stack_core::Skb>,
-    stats: Arc<IoStats>,
-}
-
-impl DeviceLoop {
-    /// The loop itself; must run inside a tokio-uring runtime.
-    fn run(self) -> impl Future<Output = io::Result<()>> {
-        run_device(
-            self.tap,
-            self.pool,
-            self.rx_ring,
-            self.tx_ring,
-            self.stats,
-            DeviceConfig::default(),
-        )
+    let protocol = Protocol::new(stack, links, commands);
+    let (exit, result) = proto::run(protocol, uring, clock, plan.options.busy_poll);
+    if let (Exit::Device, Err(e)) = (&exit, &result) {
+        tracing::error!("ustack: {e}; stack stopped");
     }
-
-    /// Start the loop on a thread of its own with its own runtime; returns once the
-    /// runtime exists, or with the error that kept it from being made. The thread ends
-    /// when the loop does: when the protocol task closes the TX ring, or the TAP fails.
-    fn spawn_thread(self, name: &str) -> io::Result<JoinHandle<io::Result<()>>> {
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let thread = thread::Builder::new()
-            .name(format!("{DEVICE_THREAD_PREFIX}{name}"))
-            .spawn(move || {
-                let rt = match uring_runtime() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = started_tx.send(Err(e));
-                        return Ok(());
-                    }
-                };
-                let _ = started_tx.send(Ok(()));
-                rt.block_on(self.run())
-            })?;
-        match started_rx.recv() {
-            Ok(Ok(())) => Ok(thread),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let why = match thread.join() {
-                    Err(panic) => panic_message(&panic),
-                    Ok(_) => "it exited early".to_owned(),
-                };
-                Err(io::Error::other(format!(
-                    "ustack: the device thread of {name} failed to start: {why}"
-                )))
-            }
-        }
-    }
-}
-
-/// A running device loop: a task on the stack thread, or a thread of its own.
-enum DeviceTask {
-    Local(tokio::task::JoinHandle<io::Result<()>>),
-    Thread(JoinHandle<io::Result<()>>),
-}
-
-impl DeviceTask {
-    /// Wait for the loop to end (the protocol task has closed its TX ring, or the loop
-    /// ended first) and return how it ended.
-    async fn finish(self, name: &str) -> io::Result<()> {
-        match self {
-            DeviceTask::Local(task) => task.await.unwrap_or_else(|e| {
-                Err(io::Error::other(format!(
-                    "ustack: the device task of {name} failed: {e}"
-                )))
-            }),
-            // Blocks the stack thread, which has nothing left to run by now; the loop
-            // only waits for its writes in flight.
-            DeviceTask::Thread(thread) => thread.join().unwrap_or_else(|panic| {
-                Err(io::Error::other(format!(
-                    "ustack: the device thread of {name} panicked: {}",
-                    panic_message(&panic)
-                )))
-            }),
-        }
-    }
+    result
 }
 
 #[cfg(test)]

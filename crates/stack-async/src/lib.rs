@@ -1,9 +1,9 @@
 //! stack-async: ustack as a service for async code.
 //!
-//! [`StackHandle::spawn`] attaches a TAP device and starts the stack thread, where the
-//! io_uring device loop (stack-io) and the protocol task (owning stack-core's `Stack`)
-//! run side by side, joined by bounded channels that play the NIC's RX and TX rings
-//! (with [`StackOptions::device_threads`], each device loop on a thread of its own).
+//! [`StackHandle::spawn`] attaches a TAP device and starts the stack thread: one loop
+//! that owns stack-core's `Stack` and drives every TAP on one io_uring (stack-io's
+//! `Uring`, whose provided buffers and write limit are the NIC's RX and TX rings), with
+//! optional busy polling ([`StackOptions::busy_poll`]).
 //! Handles are `Send + Sync + Clone` and their futures work on any executor (tokio,
 //! `futures::executor`, smol): they only use futures' channels and plain wakers.
 //!
@@ -17,9 +17,7 @@ mod proto;
 pub mod tcp;
 pub mod udp;
 
-pub use handle::{
-    StackBuilder, StackHandle, StackOptions, TapDevice, COMMAND_QUEUE, RX_RING, TX_RING,
-};
+pub use handle::{StackBuilder, StackHandle, StackOptions, TapDevice, COMMAND_QUEUE};
 pub use ping::PingSocket;
 pub use proto::ReadableFn;
 pub use stack_core::impair::ImpairConfig;

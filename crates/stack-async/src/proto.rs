@@ -1,26 +1,38 @@
-//! The protocol task: the sans-IO `Stack` driven by the RX ring, the command channel
-//! and a timer, feeding the TX ring. It runs on the stack thread, by default next to the
-//! device loops; with `StackOptions::device_threads` they run on threads of their own
-//! and only the rings (futures' mpsc channels, which wake across threads) join them.
+//! The stack thread: one loop that owns the sans-IO `Stack` and every TAP's ring.
+//!
+//! It is the kernel's NAPI poll loop and softirq in one: take what the devices
+//! completed (`netif_receive_skb` per frame), run the handles' commands and the timers
+//! that are due, let sockets drain what became readable, move frames from the qdiscs to
+//! the devices' TX rings while they have room, and submit all of it to the kernel in
+//! one `io_uring_enter`. When a pass finds nothing to do it spins for up to
+//! [`crate::StackOptions::busy_poll`] (like `net.core.busy_poll`), looking at the ring
+//! without sleeping, and then parks in the kernel until a frame, a handle's
+//! notification or the next timer.
+//!
+//! [`Protocol`] is the part that knows the stack; [`run`] joins it to a
+//! [`stack_io::Uring`]. Tests drive a `Protocol` by hand, with no ring at all.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::io;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::channel::mpsc;
-use futures::{Sink, StreamExt};
+use futures::StreamExt;
 use stack_core::gso;
 use stack_core::impair::Impairment;
 use stack_core::stack::{Event, SocketId, Stack};
 use stack_core::DeviceId;
 use stack_core::{Instant, Skb};
+use stack_io::{Completion, Uring};
 
-/// Work items taken per source per poll (RX frames, commands, expired timers) before
-/// yielding, so a device loop on the same thread keeps draining the wire and a
-/// flood on one source cannot starve the others (the kernel's NAPI budget, in spirit).
+/// Work items taken per source per pass (commands, expired timers) before the devices
+/// get their turn again, so a flood on one source cannot starve the others (the
+/// kernel's NAPI budget, in spirit).
 const BUDGET: usize = 64;
+
+/// How long [`run`] waits for the last writes to complete when the stack stops.
+const FLUSH_LIMIT: Duration = Duration::from_millis(200);
 
 /// Called when the core reports `Event::Readable(id)`: the socket moves its messages
 /// from the core into its own receive queue.
@@ -28,7 +40,7 @@ pub type ReadableFn = Box<dyn FnMut(&mut Stack) + Send>;
 
 /// Called for `Event::Readable(id)` and `Event::Writable(id)` (`sk_write_space`, or a
 /// connect that completed) of a socket registered in `StackCtx::ready`, with the time of
-/// this poll: TCP's calls take `now` (`tcp_recvmsg` may send a window update, `tcp_sendmsg`
+/// this pass: TCP's calls take `now` (`tcp_recvmsg` may send a window update, `tcp_sendmsg`
 /// transmits), which a `ReadableFn` does not get.
 pub(crate) type ReadyFn = Box<dyn FnMut(&mut Stack, Instant, Event) + Send>;
 
@@ -66,38 +78,20 @@ impl Clock {
         let micros = self.epoch.elapsed().as_micros();
         Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
     }
-
-    /// The tokio instant of a core deadline. One that does not fit (the core saying
-    /// "never" with a huge value) becomes a day from now: it will be re-read anyway.
-    pub fn deadline(&self, t: Instant) -> tokio::time::Instant {
-        let far = || std::time::Instant::now() + Duration::from_secs(86_400);
-        let at = self
-            .epoch
-            .checked_add(Duration::from_micros(t.total_micros()))
-            .unwrap_or_else(far);
-        tokio::time::Instant::from_std(at)
-    }
 }
 
-/// The protocol task's end of one device: its RX and TX rings, and the impairment
-/// between it and the core, if any.
+/// The stack thread's side of one device: the core's device and the impairment
+/// between it and the wire, if any. Its rings are the [`Uring`]'s.
 pub(crate) struct DevLink {
     pub id: DeviceId,
-    rx_ring: mpsc::Receiver<Skb>,
-    tx_ring: mpsc::Sender<Skb>,
     /// The seeded impairment layer (`ustack host --impair`), one per direction: this
     /// kernel has no netem, so lossy links are made here, between the wire and the core.
     impair: Option<Box<(Impairment, Impairment)>>,
 }
 
 impl DevLink {
-    pub fn new(id: DeviceId, rx_ring: mpsc::Receiver<Skb>, tx_ring: mpsc::Sender<Skb>) -> Self {
-        DevLink {
-            id,
-            rx_ring,
-            tx_ring,
-            impair: None,
-        }
+    pub fn new(id: DeviceId) -> Self {
+        DevLink { id, impair: None }
     }
 
     /// Impair frames in both directions: `rx` between the device and the core, `tx`
@@ -117,33 +111,32 @@ impl DevLink {
     }
 }
 
+/// Why the stack thread ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Every handle is gone, or one asked to stop.
+    Handles,
+    /// A device failed (its TAP was deleted, say).
+    Device,
+}
+
+/// The stack and what its handles registered; everything but the ring.
 pub(crate) struct Protocol {
     stack: Stack,
-    clock: Clock,
     links: Vec<DevLink>,
     commands: mpsc::Receiver<Command>,
     readers: HashMap<SocketId, ReadableFn>,
     ready: HashMap<SocketId, ReadyFn>,
-    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Protocol {
-    /// Must be called inside the runtime (the timer registers with its time driver).
-    pub fn new(
-        stack: Stack,
-        clock: Clock,
-        links: Vec<DevLink>,
-        commands: mpsc::Receiver<Command>,
-    ) -> Protocol {
-        let idle = clock.deadline(Instant::from_micros(u64::MAX));
+    pub fn new(stack: Stack, links: Vec<DevLink>, commands: mpsc::Receiver<Command>) -> Protocol {
         Protocol {
             stack,
-            clock,
             links,
             commands,
             readers: HashMap::new(),
             ready: HashMap::new(),
-            timer: Box::pin(tokio::time::sleep_until(idle)),
         }
     }
 
@@ -152,184 +145,200 @@ impl Protocol {
         let imp = self.links.iter().filter_map(DevLink::impair_deadline).min();
         [self.stack.poll_timeout(), imp].into_iter().flatten().min()
     }
-}
 
-/// Why the task ended.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Exit {
-    /// Every handle is gone, or one asked to stop.
-    Handles,
-    /// A device loop ended (it closed its RX ring or its TX ring).
-    Device,
-}
+    /// A frame from device `dev` (an index into the links): `netif_receive_skb`, or the
+    /// RX impairment first.
+    fn receive(&mut self, now: Instant, dev: usize, mut skb: Skb) {
+        skb.tstamp = now;
+        let Some(link) = self.links.get_mut(dev) else {
+            return;
+        };
+        match link.impair.as_mut() {
+            Some(imp) => {
+                // The impairment stands for a wire: it sees the segments a GSO
+                // super-packet from the kernel stands for (impairing 64 KB as one frame
+                // would lose 45 segments).
+                let mut frames = Vec::new();
+                gso::validate_xmit(skb, self.stack.pool(), &mut frames);
+                for frame in frames {
+                    imp.0.push(now, frame);
+                }
+            }
+            None => self.stack.netif_receive_skb(now, link.id, skb),
+        }
+    }
 
-impl Future for Protocol {
-    type Output = Exit;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Exit> {
-        let this = self.get_mut();
-        let now = this.clock.now();
-        // Set when a budget ran out or time moved past a deadline during this poll:
-        // there is more to do, so ask to be polled again after the others had a turn.
-        let mut again = false;
-
-        // Commands from handles: socket calls, registrations, stop.
-        for n in 1..=BUDGET {
-            match this.commands.poll_next_unpin(cx) {
+    /// Commands from handles, up to the budget: how many ran, or why to stop.
+    fn run_commands(&mut self, cx: &mut Context<'_>, now: Instant) -> Result<usize, Exit> {
+        for n in 0..BUDGET {
+            match self.commands.poll_next_unpin(cx) {
                 Poll::Ready(Some(Command::Run(job))) => {
                     let mut ctx = StackCtx {
-                        stack: &mut this.stack,
+                        stack: &mut self.stack,
                         now,
-                        readers: &mut this.readers,
-                        ready: &mut this.ready,
+                        readers: &mut self.readers,
+                        ready: &mut self.ready,
                     };
                     job(&mut ctx);
                 }
-                Poll::Ready(Some(Command::Stop) | None) => return Poll::Ready(Exit::Handles),
-                Poll::Pending => break,
+                Poll::Ready(Some(Command::Stop) | None) => return Err(Exit::Handles),
+                Poll::Pending => return Ok(n),
             }
-            again |= n == BUDGET;
         }
+        Ok(BUDGET)
+    }
 
-        // RX rings: frames from each device, up to a budget per device
-        // (`netif_receive_skb` per frame).
-        for link in &mut this.links {
-            for n in 1..=BUDGET {
-                match link.rx_ring.poll_next_unpin(cx) {
-                    Poll::Ready(Some(mut skb)) => {
-                        skb.tstamp = now;
-                        match link.impair.as_mut() {
-                            Some(imp) => {
-                                // The impairment stands for a wire: it sees the segments
-                                // a GSO super-packet from the kernel stands for
-                                // (impairing 64 KB as one frame would lose 45 segments).
-                                let mut frames = Vec::new();
-                                gso::validate_xmit(skb, this.stack.pool(), &mut frames);
-                                for frame in frames {
-                                    imp.0.push(now, frame);
-                                }
-                            }
-                            None => this.stack.netif_receive_skb(now, link.id, skb),
-                        }
-                    }
-                    Poll::Ready(None) => return Poll::Ready(Exit::Device),
-                    Poll::Pending => break,
-                }
-                again |= n == BUDGET;
-            }
-            // Impaired received frames whose (delayed, reordered) time has come.
+    /// The core's timers that are due, and impaired frames whose time has come.
+    fn run_timers(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while n < BUDGET && self.stack.poll_timeout().is_some_and(|t| t <= now) {
+            self.stack.handle_timeout(now);
+            n += 1;
+        }
+        for link in &mut self.links {
             if let Some(imp) = link.impair.as_mut() {
                 while let Some(skb) = imp.0.poll(now) {
-                    this.stack.netif_receive_skb(now, link.id, skb);
+                    self.stack.netif_receive_skb(now, link.id, skb);
+                    n += 1;
                 }
             }
         }
+        n
+    }
 
-        // Timers: run what is due, then arm the sleep for the next deadline.
-        let mut fired = 0;
-        while let Some(deadline) = this.next_deadline() {
-            if deadline <= now {
-                if fired == BUDGET {
-                    again = true;
-                    break;
-                }
-                if this.stack.poll_timeout().is_some_and(|t| t <= now) {
-                    this.stack.handle_timeout(now);
-                } else {
-                    let mut tx_due = false;
-                    for link in &mut this.links {
-                        let Some(imp) = link.impair.as_mut() else {
-                            continue;
-                        };
-                        while let Some(skb) = imp.0.poll(now) {
-                            this.stack.netif_receive_skb(now, link.id, skb);
-                        }
-                        // TX frames due now are moved below, with the ring's room.
-                        tx_due |= imp.1.poll_timeout().is_some_and(|t| t <= now);
-                    }
-                    if tx_due {
-                        again = true;
-                        break;
-                    }
-                }
-                fired += 1;
-                continue;
-            }
-            let at = this.clock.deadline(deadline);
-            if this.timer.deadline() != at {
-                this.timer.as_mut().reset(at);
-            }
-            // Already elapsed: `now` is stale by now; take a fresh one on the next poll.
-            if this.timer.as_mut().poll(cx).is_ready() {
-                again = true;
-            }
-            break;
-        }
-
-        // Readiness: let each socket drain what the core queued for it.
-        while let Some(event) = this.stack.poll_event() {
+    /// Readiness: let each socket drain what the core queued for it.
+    fn dispatch_events(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some(event) = self.stack.poll_event() {
+            n += 1;
             // A match, not `if let`: the core will grow more events, and then this
             // is where they get dispatched.
             #[allow(unreachable_patterns, clippy::single_match)]
             match event {
                 Event::Readable(id) => {
-                    if let Some(on_readable) = this.readers.get_mut(&id) {
-                        on_readable(&mut this.stack);
-                    } else if let Some(on_ready) = this.ready.get_mut(&id) {
-                        on_ready(&mut this.stack, now, event);
+                    if let Some(on_readable) = self.readers.get_mut(&id) {
+                        on_readable(&mut self.stack);
+                    } else if let Some(on_ready) = self.ready.get_mut(&id) {
+                        on_ready(&mut self.stack, now, event);
                     }
                 }
                 Event::Writable(id) => {
-                    if let Some(on_ready) = this.ready.get_mut(&id) {
-                        on_ready(&mut this.stack, now, event);
+                    if let Some(on_ready) = self.ready.get_mut(&id) {
+                        on_ready(&mut self.stack, now, event);
                     }
                 }
                 _ => {}
             }
         }
+        n
+    }
 
-        // TX rings: move frames out of the core only while a device's ring has room.
-        // When it is full we stop pulling and the rest wait in the core's queue, as a
-        // driver's `netif_stop_queue` holds packets in the qdisc; `poll_ready` has
-        // registered us to be woken when the device frees a slot.
-        for link in &mut this.links {
-            if let Some(imp) = link.impair.as_mut() {
-                // Impaired path: everything the core sends enters the TX impairment
-                // (which is bounded and counts its own overflow), and what is due
-                // leaves for the ring below.
+    /// Move up to `room` frames of device `dev` from the core (or its TX impairment) to
+    /// `out`. The rest wait in the core's qdisc, as a driver's `netif_stop_queue`
+    /// holds packets there until the ring has room again.
+    fn transmit(
+        &mut self,
+        now: Instant,
+        dev: usize,
+        room: usize,
+        out: &mut dyn FnMut(Skb),
+    ) -> usize {
+        let Some(link) = self.links.get_mut(dev) else {
+            return 0;
+        };
+        let mut n = 0;
+        match link.impair.as_mut() {
+            Some(imp) => {
+                // Everything the core sends enters the TX impairment (which is bounded
+                // and counts its own overflow); what is due leaves for the ring.
                 let mut frames = Vec::new();
-                while let Some(skb) = this.stack.poll_transmit_dev(now, link.id) {
-                    gso::validate_xmit(skb, this.stack.pool(), &mut frames);
+                while let Some(skb) = self.stack.poll_transmit_dev(now, link.id) {
+                    gso::validate_xmit(skb, self.stack.pool(), &mut frames);
                     for frame in frames.drain(..) {
                         imp.1.push(now, frame);
                     }
                 }
+                while n < room {
+                    let Some(skb) = imp.1.poll(now) else { break };
+                    out(skb);
+                    n += 1;
+                }
             }
-            let mut tx = Pin::new(&mut link.tx_ring);
-            loop {
-                match tx.as_mut().poll_ready(cx) {
-                    Poll::Ready(Ok(())) => match match link.impair.as_mut() {
-                        Some(imp) => imp.1.poll(now),
-                        None => this.stack.poll_transmit_dev(now, link.id),
-                    } {
-                        Some(skb) => {
-                            if tx.as_mut().start_send(skb).is_err() {
-                                return Poll::Ready(Exit::Device);
-                            }
-                        }
-                        None => break,
-                    },
-                    Poll::Ready(Err(_)) => return Poll::Ready(Exit::Device),
-                    Poll::Pending => break,
+            None => {
+                while n < room {
+                    let Some(skb) = self.stack.poll_transmit_dev(now, link.id) else {
+                        break;
+                    };
+                    out(skb);
+                    n += 1;
                 }
             }
         }
-
-        if again {
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
+        n
     }
+}
+
+/// Run the stack on `uring` until the handles are gone or a device fails. `busy_poll`:
+/// how long a pass that found nothing keeps looking before the thread parks.
+pub(crate) fn run(
+    mut p: Protocol,
+    mut uring: Uring,
+    clock: Clock,
+    busy_poll: Duration,
+) -> (Exit, io::Result<()>) {
+    let waker = Waker::from(uring.notifier());
+    let mut cx = Context::from_waker(&waker);
+    let mut last_work = std::time::Instant::now();
+    let exit = loop {
+        let now = clock.now();
+        let mut work = 0;
+        let mut deliver = |c: Completion| match c {
+            Completion::Frame { dev, skb } => p.receive(now, dev, skb),
+        };
+        match uring.poll(&mut deliver) {
+            Ok(n) => work += n,
+            Err(e) => return (Exit::Device, Err(e)),
+        }
+        // A notification only says "look at the channels", which we do on every pass.
+        uring.take_notified();
+        match p.run_commands(&mut cx, now) {
+            Ok(n) => work += n,
+            Err(exit) => break exit,
+        }
+        work += p.run_timers(now);
+        work += p.dispatch_events(now);
+        for dev in 0..p.links.len() {
+            let room = uring.tx_room(dev);
+            let mut failed = None;
+            work += p.transmit(now, dev, room, &mut |skb| {
+                if let Err(e) = uring.transmit(dev, skb) {
+                    failed.get_or_insert(e);
+                }
+            });
+            if let Some(e) = failed {
+                return (Exit::Device, Err(e));
+            }
+        }
+        if work > 0 {
+            last_work = std::time::Instant::now();
+            continue;
+        }
+        if !busy_poll.is_zero() && last_work.elapsed() < busy_poll {
+            // Busy polling: the next pass looks at the ring again without sleeping. Give
+            // the CPU to anything else runnable on it meanwhile (on a small machine,
+            // often the very peer we wait for).
+            std::thread::yield_now();
+            continue;
+        }
+        let timeout = p.next_deadline().map(|d| {
+            Duration::from_micros(d.total_micros().saturating_sub(clock.now().total_micros()))
+        });
+        if let Err(e) = uring.wait(timeout) {
+            return (Exit::Device, Err(e));
+        }
+    };
+    // Stopping: let the writes in flight reach the kernel.
+    (exit, uring.flush(FLUSH_LIMIT))
 }
 
 #[cfg(test)]
@@ -337,7 +346,6 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    use futures::SinkExt;
     use stack_core::stack::StackConfig;
     use stack_core::wire::MacAddr;
 
@@ -358,154 +366,132 @@ mod tests {
         Skb::from_vec(f)
     }
 
-    fn run(job: impl FnOnce(&mut StackCtx<'_>) + Send + 'static) -> Command {
-        Command::Run(Box::new(job))
+    fn is_arp_reply(f: &[u8]) -> bool {
+        f.len() >= 22 && f[12..14] == [0x08, 0x06] && f[21] == 2
     }
 
-    /// The protocol task with a fake device: we play the device loop on the rings.
+    /// A host protocol on one device (index 0), with the sender of its command channel.
+    fn protocol(link: impl FnOnce(DevLink) -> DevLink) -> (Protocol, mpsc::Sender<Command>) {
+        let stack = Stack::new(
+            StackConfig::new(MacAddr(OUR_MAC), OUR_IP, 24),
+            Instant::ZERO,
+            1,
+        );
+        let (commands, command_rx) = mpsc::channel(16);
+        let links = vec![link(DevLink::new(DeviceId::ETH0))];
+        (Protocol::new(stack, links, command_rx), commands)
+    }
+
+    fn take(p: &mut Protocol, now: Instant, room: usize) -> Vec<Skb> {
+        let mut out = Vec::new();
+        p.transmit(now, 0, room, &mut |skb| out.push(skb));
+        out
+    }
+
     #[test]
-    fn full_tx_ring_leaves_frames_in_the_core_until_there_is_room() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
-            let clock = Clock::start();
-            let stack = Stack::new(
-                StackConfig::new(MacAddr(OUR_MAC), OUR_IP, 24),
-                clock.now(),
-                1,
-            );
-            let (mut rx_in, rx_ring) = mpsc::channel(16);
-            // Buffer 0: the ring holds one frame (the sender's own slot).
-            let (tx_ring, mut tx_out) = mpsc::channel(0);
-            let (mut commands, command_rx) = mpsc::channel(16);
-            let links = vec![DevLink::new(DeviceId::ETH0, rx_ring, tx_ring)];
-            let task = tokio::task::spawn_local(Protocol::new(stack, clock, links, command_rx));
-
-            // The peer asks for us: the core learns its MAC and answers.
-            rx_in.send(arp_request_from_peer()).await.unwrap();
-            // Eight echo requests in one command: eight more frames.
-            let (done_tx, done_rx) = futures::channel::oneshot::channel();
-            commands
-                .send(run(move |ctx| {
-                    let id = ctx.stack.ping_open();
-                    for seq in 0..8 {
-                        ctx.stack
-                            .ping_sendmsg(ctx.now, id, PEER_IP, seq, b"x")
-                            .expect("send");
-                    }
-                    let _ = done_tx.send(());
-                }))
-                .await
-                .unwrap();
-            done_rx.await.unwrap();
-            tokio::task::yield_now().await;
-
-            // The ring is full with one frame; the rest wait in the core.
-            let (pending_tx, pending_rx) = futures::channel::oneshot::channel();
-            commands
-                .send(run(move |ctx| {
-                    let _ = pending_tx.send(ctx.stack.tx_pending());
-                }))
-                .await
-                .unwrap();
-            let pending = pending_rx.await.unwrap();
-            assert!(pending >= 8, "frames must stay in the core, got {pending}");
-
-            // Take them one at a time: each freed slot wakes the task to move the next.
-            // ARP frames (our announcement, request, reply) come in between.
-            let mut echo_seqs = Vec::new();
-            while echo_seqs.len() < 8 {
-                let skb = tokio::time::timeout(Duration::from_secs(2), tx_out.next())
-                    .await
-                    .expect("the next frame once there is room")
-                    .expect("TX ring open");
-                let f = skb.data();
-                if u16::from_be_bytes([f[12], f[13]]) == 0x0800 {
-                    let icmp = &f[14 + 20..];
-                    assert_eq!(icmp[0], 8, "echo request");
-                    echo_seqs.push(u16::from_be_bytes([icmp[6], icmp[7]]));
-                }
-            }
-            assert_eq!(echo_seqs, (0..8).collect::<Vec<u16>>());
-
-            // Closing the command channel ends the task.
-            drop(commands);
-            assert_eq!(task.await.unwrap(), Exit::Handles);
-        });
+    fn a_full_tx_ring_leaves_frames_in_the_core_until_there_is_room() {
+        let (mut p, _commands) = protocol(|l| l);
+        let now = Instant::ZERO;
+        // The peer asks for us: the core learns its MAC and answers. Then eight echo
+        // requests: eight more frames.
+        p.receive(now, 0, arp_request_from_peer());
+        let id = p.stack.ping_open();
+        for seq in 0..8 {
+            p.stack
+                .ping_sendmsg(now, id, PEER_IP, seq, b"x")
+                .expect("send");
+        }
+        // One slot in the ring: one frame moves, the rest wait in the core.
+        assert_eq!(take(&mut p, now, 1).len(), 1);
+        let pending = p.stack.tx_pending();
+        assert!(pending >= 8, "frames must stay in the core, got {pending}");
+        assert!(take(&mut p, now, 0).is_empty(), "no room, nothing moves");
+        // Room again: the rest leave, the echo requests in order.
+        let echo_seqs: Vec<u16> = take(&mut p, now, 64)
+            .iter()
+            .map(|skb| skb.data())
+            .filter(|f| u16::from_be_bytes([f[12], f[13]]) == 0x0800)
+            .map(|f| {
+                let icmp = &f[14 + 20..];
+                assert_eq!(icmp[0], 8, "echo request");
+                u16::from_be_bytes([icmp[6], icmp[7]])
+            })
+            .collect();
+        assert_eq!(echo_seqs, (0..8).collect::<Vec<u16>>());
+        assert_eq!(p.stack.tx_pending(), 0);
     }
 
-    /// `--impair`: frames pass the seeded impairment layer both ways, here a 50 ms
-    /// delay each way and then total loss on a second run.
+    /// `--impair`: frames pass the seeded impairment layer both ways, here a 50 ms delay
+    /// each way, then total loss.
     #[test]
     fn impairment_sits_between_the_device_and_the_core() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
-            for (spec, answered) in [("delay=50ms,seed=1", true), ("loss=100%,seed=1", false)] {
-                let cfg: stack_core::impair::ImpairConfig = spec.parse().unwrap();
-                let clock = Clock::start();
-                let stack = Stack::new(
-                    StackConfig::new(MacAddr(OUR_MAC), OUR_IP, 24),
-                    clock.now(),
-                    1,
-                );
-                let (mut rx_in, rx_ring) = mpsc::channel(16);
-                let (tx_ring, mut tx_out) = mpsc::channel(16);
-                let (commands, command_rx) = mpsc::channel(16);
-                let link = DevLink::new(DeviceId::ETH0, rx_ring, tx_ring)
-                    .with_impairment(Impairment::new(cfg.clone()), Impairment::new(cfg));
-                let protocol = Protocol::new(stack, clock, vec![link], command_rx);
-                let task = tokio::task::spawn_local(protocol);
-                let t0 = std::time::Instant::now();
-                rx_in.send(arp_request_from_peer()).await.unwrap();
-                // Our gratuitous ARP, then the reply (opcode 2), each delayed or lost.
-                let mut reply_after = None;
-                let deadline = tokio::time::Instant::now() + Duration::from_millis(400);
-                while let Ok(Some(skb)) = tokio::time::timeout_at(deadline, tx_out.next()).await {
-                    let f = skb.data();
-                    if f.len() >= 22 && f[12..14] == [0x08, 0x06] && f[21] == 2 {
-                        reply_after = Some(t0.elapsed());
-                        break;
-                    }
-                }
-                match (answered, reply_after) {
-                    (true, Some(t)) => assert!(t >= Duration::from_millis(100), "{spec}: {t:?}"),
-                    (false, None) => {}
-                    (want, got) => panic!("{spec}: answered {want}, got {got:?}"),
-                }
-                drop(commands);
-                assert_eq!(task.await.unwrap(), Exit::Handles);
-            }
-        });
+        let ms = |n: u64| Instant::from_micros(n * 1000);
+        let impaired = |spec: &str| {
+            let cfg: stack_core::impair::ImpairConfig = spec.parse().unwrap();
+            move |l: DevLink| l.with_impairment(Impairment::new(cfg.clone()), Impairment::new(cfg))
+        };
+
+        let (mut p, _c) = protocol(impaired("delay=50ms,seed=1"));
+        p.receive(ms(0), 0, arp_request_from_peer());
+        // Our own gratuitous ARP may be on its way; no reply yet in either direction.
+        assert!(!take(&mut p, ms(0), 64)
+            .iter()
+            .any(|s| is_arp_reply(s.data())));
+        assert_eq!(
+            p.next_deadline(),
+            Some(ms(50)),
+            "the request is due at 50 ms"
+        );
+        // At 50 ms the request reaches the core, whose reply enters the TX delay.
+        p.run_timers(ms(50));
+        assert!(!take(&mut p, ms(50), 64)
+            .iter()
+            .any(|s| is_arp_reply(s.data())));
+        let replies = take(&mut p, ms(100), 64);
+        assert!(
+            replies.iter().any(|s| is_arp_reply(s.data())),
+            "the reply leaves after 50 ms each way"
+        );
+
+        let (mut p, _c) = protocol(impaired("loss=100%,seed=1"));
+        p.receive(ms(0), 0, arp_request_from_peer());
+        for t in [0, 50, 100, 1000] {
+            p.run_timers(ms(t));
+            assert!(take(&mut p, ms(t), 64).is_empty(), "everything is lost");
+        }
     }
 
     #[test]
-    fn clock_maps_elapsed_time_and_deadlines() {
+    fn commands_run_in_order_and_stop_or_a_closed_channel_ends_the_loop() {
+        let (mut p, mut commands) = protocol(|l| l);
+        let mut cx = Context::from_waker(Waker::noop());
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        for i in 0..3 {
+            let seen = seen_tx.clone();
+            commands
+                .try_send(Command::Run(Box::new(move |ctx| {
+                    assert_eq!(ctx.now, Instant::from_micros(7));
+                    seen.send(i).unwrap();
+                })))
+                .unwrap();
+        }
+        assert_eq!(p.run_commands(&mut cx, Instant::from_micros(7)), Ok(3));
+        assert_eq!(seen_rx.try_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(p.run_commands(&mut cx, Instant::ZERO), Ok(0));
+        commands.try_send(Command::Stop).unwrap();
+        assert_eq!(p.run_commands(&mut cx, Instant::ZERO), Err(Exit::Handles));
+
+        let (mut p, commands) = protocol(|l| l);
+        drop(commands);
+        assert_eq!(p.run_commands(&mut cx, Instant::ZERO), Err(Exit::Handles));
+    }
+
+    #[test]
+    fn clock_maps_elapsed_time() {
         let clock = Clock::start();
         let t0 = clock.now();
         std::thread::sleep(Duration::from_millis(2));
         let t1 = clock.now();
         assert!(t1.total_micros() >= t0.total_micros() + 2000);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let d = clock.deadline(Instant::from_secs(1));
-            assert_eq!(
-                d.into_std(),
-                clock.epoch + Duration::from_secs(1),
-                "deadlines are epoch-relative"
-            );
-            // "Never" must not overflow.
-            let never = clock.deadline(Instant::from_micros(u64::MAX));
-            assert!(never.into_std() > std::time::Instant::now());
-        });
     }
 }

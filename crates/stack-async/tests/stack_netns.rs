@@ -40,17 +40,6 @@ fn spawn_up(ns_name: &str) -> StackHandle {
     handle
 }
 
-/// The tid of this process's thread whose kernel name (at most 15 bytes) is `comm`.
-fn thread_named(comm: &str) -> Option<i32> {
-    std::fs::read_dir("/proc/self/task").ok()?.find_map(|e| {
-        let e = e.ok()?;
-        let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        (name.trim_end() == comm)
-            .then(|| e.file_name().to_str()?.parse().ok())
-            .flatten()
-    })
-}
-
 fn thread_alive(tid: i32) -> bool {
     std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
 }
@@ -281,75 +270,70 @@ fn deleting_the_tap_stops_the_stack_with_the_reason() {
     assert!(why.to_string().contains("was the device deleted?"), "{why}");
 }
 
-#[test]
-#[ignore = "needs root and a network namespace: run with cargo xtask test"]
-fn device_threads_run_the_device_loop_apart_and_are_joined() {
-    // A TAP name of its own: thread names are per process, and tests run in parallel.
-    let ns = NetNs::new();
-    ns.add_tap("dt0");
-    ns.run_in(LIMIT, || {
-        let handle = StackBuilder::host("dt0", &config(), 7)
-            .device_threads(true)
-            .spawn()
-            .expect("spawn");
-        let dev_tid = thread_named("ustack-dev-dt0").expect("the device thread");
-        let stack_tid = futures::executor::block_on(handle.call(|_, _| {
-            // SAFETY: gettid has no preconditions.
-            unsafe { libc::gettid() }
-        }))
-        .expect("call");
-        assert_ne!(
-            dev_tid, stack_tid,
-            "the device loop has a thread of its own"
-        );
-
-        // Frames cross the rings between the threads both ways.
-        let sock = futures::executor::block_on(PingSocket::open(&handle)).expect("open");
-        futures::executor::block_on(async {
-            for seq in 1..=3u16 {
-                sock.send_to(KERNEL_IP, seq, b"threads")
-                    .await
-                    .expect("send");
-                let reply = sock.recv_reply().await.expect("reply");
-                assert_eq!((reply.from, reply.seq), (KERNEL_IP, seq));
-            }
-        });
-        let stats = handle.io_stats();
-        assert!(stats.tx_packets >= 4 && stats.rx_packets >= 3, "{stats}");
-        drop(sock);
-
-        drop(handle);
-        assert!(thread_gone_soon(stack_tid), "the stack thread is joined");
-        assert!(thread_gone_soon(dev_tid), "the device thread is joined");
-    });
-    ns.run_in(LIMIT, || {
-        drop(stack_io::Tap::attach("dt0").expect("re-attach"))
-    });
+/// CPU time (user + system) a thread of this process has used so far.
+fn thread_cpu(tid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("stat");
+    // After the ")" that ends the name: state is field 3, utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().expect("ticks"))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((f[0] + f[1]) * 1000 / hz)
 }
 
 #[test]
 #[ignore = "needs root and a network namespace: run with cargo xtask test"]
-fn device_threads_deleting_the_tap_stops_the_stack_with_the_reason() {
+fn busy_polling_spins_while_traffic_flows_and_parks_when_it_stops() {
+    // A TAP name of its own: thread names are per process, and tests run in parallel.
     let ns = NetNs::new();
-    ns.add_tap("dt1");
-    let handle = ns.run_in(LIMIT, || {
-        StackBuilder::host("dt1", &config(), 7)
-            .device_threads(true)
+    ns.add_tap("bp0");
+    ns.run_in(LIMIT, || {
+        let handle = StackBuilder::host("bp0", &config(), 7)
+            .busy_poll(Duration::from_millis(50))
             .spawn()
-            .expect("spawn")
+            .expect("spawn");
+        let tid = futures::executor::block_on(handle.call(|_, _| {
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::gettid() }
+        }))
+        .expect("call");
+        let sock = futures::executor::block_on(PingSocket::open(&handle)).expect("open");
+        // Echoes every 10 ms: each gap is inside the 50 ms the thread keeps looking, so
+        // it never sleeps and spends about a CPU doing so.
+        let before = thread_cpu(tid);
+        let started = std::time::Instant::now();
+        futures::executor::block_on(async {
+            for seq in 1..=30u16 {
+                sock.send_to(KERNEL_IP, seq, b"spin").await.expect("send");
+                let reply = sock.recv_reply().await.expect("reply");
+                assert_eq!((reply.from, reply.seq), (KERNEL_IP, seq));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let busy = thread_cpu(tid) - before;
+        let wall = started.elapsed();
+        println!("busy: {busy:?} of CPU in {wall:?}");
+        assert!(
+            busy >= wall / 4,
+            "a busy-polling thread uses CPU between packets: {busy:?} in {wall:?}"
+        );
+        // Traffic stops: after 50 ms more the thread parks and uses (next to) nothing.
+        std::thread::sleep(Duration::from_millis(200));
+        let idle_from = thread_cpu(tid);
+        std::thread::sleep(Duration::from_millis(500));
+        let idle = thread_cpu(tid) - idle_from;
+        println!("idle: {idle:?} of CPU in 500 ms");
+        assert!(
+            idle <= Duration::from_millis(30),
+            "an idle stack parks: {idle:?} of CPU in 500 ms"
+        );
+        drop(sock);
+        drop(handle);
+        assert!(thread_gone_soon(tid), "the stack thread is joined");
     });
-    let dev_tid = thread_named("ustack-dev-dt1").expect("the device thread");
-    ns.ip(&["link", "del", "dt1"]);
-    // The device thread ends first; the stack follows.
-    assert!(
-        (0..500).any(|_| {
-            std::thread::sleep(Duration::from_millis(10));
-            !thread_alive(dev_tid)
-        }),
-        "the device thread still runs 5 s after its TAP was deleted"
-    );
-    let err = wait_stopped(&handle);
-    assert_eq!(err.kind(), io::ErrorKind::NotConnected);
-    let why = handle.shutdown().expect_err("the device failed");
-    assert!(why.to_string().contains("was the device deleted?"), "{why}");
 }

@@ -1,62 +1,35 @@
-//! The device loop: the TAP fd on io_uring, between the wire and the stack's rings.
-//!
-//! It plays the part of a NIC and its driver. RX keeps `rx_inflight` reads posted, like
-//! RX descriptors filled with empty buffers; each completed read is a frame pushed onto
-//! the RX ring (a bounded channel to the protocol task) or, if the ring is full, dropped
-//! and counted, because a NIC never waits for the host. TX drains the TX ring and posts
-//! all frames that are ready at once, so one `io_uring_enter` carries the whole batch.
-//!
-//! We stay on tokio-uring 0.5, as the design card says. It has no multishot reads or
-//! provided-buffer rings, so each RX completion re-posts one read; with the fd in
-//! non-blocking mode those reads wait as armed polls inside the kernel, not in io-wq
-//! threads (see [`crate::tap::Tap::attach`]). tokio-uring pushes SQEs when an op is
-//! created and enters the kernel when the runtime thread parks, which is what turns our
-//! burst of writes into one submission.
+//! What the device layer does to a frame on its way between a TAP and the core:
+//! [`DeviceConfig`] (the driver's knobs) and the virtio-net header, which carries the
+//! offload metadata each way (`virtio_net_hdr_to_skb` / `virtio_net_hdr_from_skb`).
+//! The ring that moves the frames is [`crate::uring::Uring`].
 
-use std::future::{poll_fn, Future};
-use std::io;
-use std::sync::Arc;
-use std::task::Poll;
-
-use futures::channel::mpsc;
-use futures::future::{Either, FutureExt};
-use futures::stream::{FuturesUnordered, StreamExt};
 use stack_core::skb::IpSummed;
 use stack_core::{Skb, SkbPool};
-use tokio_uring::buf::{IoBuf, IoBufMut};
 
-use crate::stats::IoStats;
-use crate::tap::Tap;
 use crate::vnet::{self, VnetHdr};
 
 /// Ethernet header plus one 802.1Q tag: what a frame adds to the MTU.
-const ETH_OVERHEAD: usize = 14 + 4;
-
-/// io_uring offset -1: "no offset", the only meaning a position has for a stream
-/// device like /dev/net/tun (`stream_open` in `tun_chr_open`).
-const STREAM_POS: u64 = u64::MAX;
+pub(crate) const ETH_OVERHEAD: usize = 14 + 4;
 
 /// The largest IPv4 packet: what one GSO super-packet can carry behind its Ethernet
 /// header when the device offers TSO (the kernel's `GSO_LEGACY_MAX_SIZE` is 64 KiB, and
 /// `tot_len` caps an IPv4 packet at 65535 bytes in any case).
-const MAX_GSO_PACKET: usize = 65535;
+pub(crate) const MAX_GSO_PACKET: usize = 65535;
 
 /// Default [`DeviceConfig::rx_copybreak`].
 pub const DEFAULT_RX_COPYBREAK: usize = 16 * 1024;
 
-/// A run of this many failed reads with no success in between means the device is
-/// broken in a way we did not foresee; stop rather than spin.
-const MAX_RX_ERROR_RUN: u32 = 1024;
-
 #[derive(Clone, Debug)]
 pub struct DeviceConfig {
-    /// Reads kept posted (RX descriptors).
+    /// Receive buffers in each TAP's provided-buffer ring (rounded up to a power of
+    /// two): the RX descriptors, how many frames the kernel can hand over before the
+    /// stack thread reaps them.
     pub rx_inflight: usize,
     /// Headroom reserved in front of each received frame, so the stack can push
     /// headers (e.g. when forwarding) without copying.
     pub rx_headroom: usize,
-    /// Writes allowed in flight; beyond this the loop stops taking from the TX ring,
-    /// which pushes back on the protocol task.
+    /// Writes allowed in flight per TAP (the TX ring); beyond this the stack thread
+    /// leaves frames in the core's qdisc until completions make room.
     pub tx_inflight: usize,
     /// With a vnet header (offloads on), frames shorter than this are copied out of the
     /// 64 KiB receive buffer into a right-sized one from the stack's pool, like a NIC
@@ -84,68 +57,9 @@ impl Default for DeviceConfig {
     }
 }
 
-/// A receive buffer handed to io_uring: the tailroom of an empty pooled skb.
-///
-/// The kernel writes into the skb's heap buffer, which does not move when the `Skb`
-/// value moves (it sits behind an `Arc<Box<[u8]>>`), and which nothing else can touch
-/// while the op owns this value: a freshly allocated skb has no clones.
-struct RxBuf(Skb);
-
-// SAFETY: the pointer is the skb's tail in its heap buffer, stable across moves of
-// `RxBuf`; `bytes_total` is the tailroom, which lies inside that buffer.
-unsafe impl IoBuf for RxBuf {
-    fn stable_ptr(&self) -> *const u8 {
-        let data = self.0.data();
-        data.as_ptr().wrapping_add(data.len())
-    }
-
-    fn bytes_init(&self) -> usize {
-        0
-    }
-
-    fn bytes_total(&self) -> usize {
-        self.0.tailroom()
-    }
-}
-
-// SAFETY: as for `IoBuf`; `tailroom_mut` unshares first, a no-op for an unshared skb.
-unsafe impl IoBufMut for RxBuf {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        self.0.tailroom_mut().as_mut_ptr()
-    }
-
-    unsafe fn set_init(&mut self, _pos: usize) {
-        // The read's byte count is applied with `Skb::put` once the op returns the
-        // buffer; tokio-uring's notion of "initialised" is not needed.
-    }
-}
-
-/// A frame handed to io_uring for writing: the skb's packet bytes.
-///
-/// The skb may share its buffer with clones (e.g. a retransmit queue). That is fine:
-/// the kernel only reads, and any clone that wants to write copies first
-/// (`Skb::unshare`) because we still hold a reference.
-struct TxBuf(Skb);
-
-// SAFETY: `data()` lies in the skb's heap buffer, which does not move with `TxBuf`
-// and is not written while shared.
-unsafe impl IoBuf for TxBuf {
-    fn stable_ptr(&self) -> *const u8 {
-        self.0.data().as_ptr()
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.0.len()
-    }
-
-    fn bytes_total(&self) -> usize {
-        self.0.len()
-    }
-}
-
 /// Why a frame read with a vnet header was dropped (counted in `rx_errors`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RxDrop {
+pub(crate) enum RxDrop {
     /// The header itself is short or has unknown flags.
     Header(vnet::VnetError),
     /// NEEDS_CSUM with the checksum field outside the frame (`skb_partial_csum_set`).
@@ -174,7 +88,7 @@ enum RxDrop {
 /// `skb` holds the header and frame from `data`; frames shorter than `copybreak` are
 /// copied into a buffer from `pool` with `headroom` in front (see
 /// [`DeviceConfig::rx_copybreak`]).
-fn receive_vnet(
+pub(crate) fn receive_vnet(
     mut skb: Skb,
     vnet_len: usize,
     pool: &SkbPool,
@@ -224,7 +138,7 @@ fn receive_vnet(
 /// Why an outgoing frame could not be described in a vnet header (counted in
 /// `tx_errors`, frame dropped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TxDrop {
+pub(crate) enum TxDrop {
     /// `IpSummed::Partial` whose checksum field is not inside the frame.
     CsumOutside,
     /// `gso_size > 0` on something that is not a TCP/IPv4 frame we can parse.
@@ -244,7 +158,7 @@ enum TxDrop {
 ///
 /// The kernel honours both whatever TUNSETOFFLOAD said: that ioctl only governs what
 /// it sends us (`tun_get_user` always runs `virtio_net_hdr_to_skb`).
-fn vnet_hdr_for(skb: &Skb) -> Result<VnetHdr, TxDrop> {
+pub(crate) fn vnet_hdr_for(skb: &Skb) -> Result<VnetHdr, TxDrop> {
     let mut hdr = VnetHdr::default();
     if let IpSummed::Partial {
         csum_start,
@@ -274,228 +188,8 @@ fn vnet_hdr_for(skb: &Skb) -> Result<VnetHdr, TxDrop> {
     Ok(hdr)
 }
 
-/// Errors after which the fd is useless: the device was deleted under us
-/// (`tun_get` fails: EBADFD), the fd is bad, or the driver reports an I/O error.
-fn is_fatal(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EBADF | libc::EBADFD | libc::EIO | libc::ENODEV)
-    )
-}
-
-fn fatal(name: &str, op: &str, err: io::Error) -> io::Error {
-    let hint = if err.raw_os_error() == Some(libc::EBADFD) {
-        " (was the device deleted?)"
-    } else {
-        ""
-    };
-    io::Error::new(
-        err.kind(),
-        format!("TAP device {name:?}: {op} failed: {err}{hint}"),
-    )
-}
-
-/// Run the device until `tx_ring` is closed (every sender dropped) and the writes in
-/// flight have completed. Must run inside `tokio_uring::start`.
-///
-/// Returns an error only when the TAP fd itself fails (see `is_fatal`); a failed or
-/// short write of one frame is counted in `tx_errors` and the loop goes on. Reads still
-/// posted when it returns are abandoned: tokio-uring cancels them when its runtime shuts
-/// down, so they do not keep the thread alive.
-pub async fn run_device(
-    tap: Tap,
-    pool: SkbPool,
-    mut rx_ring: mpsc::Sender<Skb>,
-    mut tx_ring: mpsc::Receiver<Skb>,
-    stats: Arc<IoStats>,
-    cfg: DeviceConfig,
-) -> io::Result<()> {
-    let name = tap.name().to_owned();
-    let ifindex = tap.ifindex();
-    let vnet_len = tap.vnet_hdr_len();
-    let mtu = tap.mtu() as usize;
-    // Without a vnet header a pooled buffer must hold the largest frame the MTU allows;
-    // if the pool's are too small (jumbo MTU) fall back to one-off buffers rather than
-    // truncate frames. With one, the kernel may send a 64 KiB GSO frame into any read,
-    // and a read into a smaller buffer would cut it short without telling (tun_put_user
-    // copies what fits), so reads get buffers from a pool of large ones of our own; the
-    // copybreak in `receive_vnet` moves small frames out of them.
-    let (rx_pool, rx_size) = if vnet_len == 0 {
-        let size = (cfg.rx_headroom + ETH_OVERHEAD + mtu).max(pool.buf_size());
-        (pool.clone(), size)
-    } else {
-        let size = cfg.rx_headroom + vnet_len + ETH_OVERHEAD + mtu.max(MAX_GSO_PACKET);
-        (SkbPool::new(size, 2 * cfg.rx_inflight.max(1)), size)
-    };
-    let file = tokio_uring::fs::File::from_std(tap.into_file());
-
-    let new_rx_buf = || {
-        let mut skb = rx_pool.alloc(rx_size);
-        skb.reserve(cfg.rx_headroom);
-        RxBuf(skb)
-    };
-
-    let mut reads = FuturesUnordered::new();
-    for _ in 0..cfg.rx_inflight.max(1) {
-        reads.push(file.read_at(new_rx_buf(), STREAM_POS));
-    }
-    let mut writes = FuturesUnordered::new();
-    let tx_limit = cfg.tx_inflight.max(1);
-    let mut tx_open = true;
-    let mut rx_error_run = 0u32;
-
-    // One poll drains everything that is ready right now: completed reads, then new
-    // frames on the TX ring, then completed writes. Completions are dispatched only when
-    // we yield, and a protocol task on the same thread runs only then too, so each pass
-    // ends; one on another thread may keep the TX ring filling during the pass, which
-    // the in-flight limit bounds.
-    let result = poll_fn(|cx| {
-        // RX: deliver completed frames and re-post a read for each.
-        while let Poll::Ready(Some((res, RxBuf(mut skb)))) = reads.poll_next_unpin(cx) {
-            match res {
-                Ok(n) => {
-                    rx_error_run = 0;
-                    skb.put(n);
-                    let frame = if vnet_len == 0 {
-                        Ok(skb)
-                    } else {
-                        receive_vnet(skb, vnet_len, &pool, cfg.rx_headroom, cfg.rx_copybreak)
-                    };
-                    match frame {
-                        Ok(mut skb) => {
-                            skb.ifindex = ifindex;
-                            IoStats::add(&stats.rx_packets, 1);
-                            IoStats::add(&stats.rx_bytes, skb.len() as u64);
-                            if rx_ring.try_send(skb).is_err() {
-                                // Ring full (or the stack is gone): the frame is lost, as
-                                // on a NIC whose RX ring overflows.
-                                IoStats::add(&stats.rx_dropped, 1);
-                            }
-                        }
-                        Err(why) => {
-                            IoStats::add(&stats.rx_errors, 1);
-                            tracing::debug!(device = %name, ?why, len = n, "bad vnet header, frame dropped");
-                        }
-                    }
-                }
-                Err(err) if is_fatal(&err) => return Poll::Ready(Err(fatal(&name, "read", err))),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    // Several reads wait on the same fd; when a frame arrives the kernel
-                    // wakes them all, one gets the frame and the others, on a
-                    // non-blocking fd, complete with EAGAIN. Nothing was lost: post again.
-                    IoStats::add(&stats.rx_empty, 1);
-                }
-                Err(err) => {
-                    IoStats::add(&stats.rx_errors, 1);
-                    rx_error_run += 1;
-                    tracing::debug!(device = %name, %err, "read failed");
-                    if rx_error_run >= MAX_RX_ERROR_RUN {
-                        return Poll::Ready(Err(io::Error::new(
-                            err.kind(),
-                            format!(
-                                "TAP device {name:?}: {rx_error_run} reads failed in a row, last: {err}"
-                            ),
-                        )));
-                    }
-                }
-            }
-            reads.push(file.read_at(new_rx_buf(), STREAM_POS));
-        }
-
-        // TX: take every frame that is ready, up to the in-flight limit, and post them
-        // together.
-        let mut batch = 0u64;
-        let mut tx_waker_set = false;
-        while tx_open && writes.len() < tx_limit {
-            let skb = match tx_ring.poll_next_unpin(cx) {
-                Poll::Ready(Some(skb)) => skb,
-                Poll::Ready(None) => {
-                    tx_open = false;
-                    break;
-                }
-                Poll::Pending => {
-                    tx_waker_set = true;
-                    break;
-                }
-            };
-            let (skb, hdr) = if vnet_len == 0 {
-                (skb, None)
-            } else {
-                match vnet_hdr_for(&skb) {
-                    Ok(hdr) => (skb, Some(hdr)),
-                    Err(why) => {
-                        IoStats::add(&stats.tx_errors, 1);
-                        tracing::debug!(device = %name, ?why, len = skb.len(), "cannot describe frame in a vnet header, dropped");
-                        continue;
-                    }
-                }
-            };
-            batch += 1;
-            match tx_layout(skb, hdr, vnet_len) {
-                TxLayout::Linear(skb, hdr_bytes) => {
-                    let write = file.write_at(TxBuf(skb), STREAM_POS).submit();
-                    writes.push(Either::Left(write.map(move |(res, TxBuf(mut skb))| {
-                        // Take the header back off, so that lengths below are the
-                        // frame's (virtio_net's xmit_skb does the same).
-                        let _ = skb.pull(hdr_bytes);
-                        (res, skb, hdr_bytes)
-                    })));
-                }
-                TxLayout::Vectored(hdr, skb) => {
-                    let bufs = vec![TxBuf(hdr), TxBuf(skb)];
-                    let mut write = Box::pin(file.writev_at(bufs, STREAM_POS).map(
-                        move |(res, mut bufs)| {
-                            let TxBuf(skb) = bufs.pop().expect("header and frame");
-                            (res, skb, vnet_len)
-                        },
-                    ));
-                    // `writev_at` is an async fn: its SQE is queued when it is first
-                    // polled, not when it is called. Poll it now, so that the frame keeps
-                    // its place in line behind the writes queued before it (`submit`
-                    // queues at once).
-                    match write.as_mut().poll(cx) {
-                        Poll::Pending => writes.push(Either::Right(write)),
-                        Poll::Ready(done) => {
-                            if let Err(err) = tx_complete(&stats, &name, done) {
-                                return Poll::Ready(Err(err));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if batch > 0 {
-            IoStats::add(&stats.tx_batches, 1);
-        }
-
-        // TX completions. Polling also registers the new writes' wakers.
-        while let Poll::Ready(Some(done)) = writes.poll_next_unpin(cx) {
-            if let Err(err) = tx_complete(&stats, &name, done) {
-                return Poll::Ready(Err(err));
-            }
-        }
-
-        if !tx_open && writes.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        // We stopped taking frames at the in-flight limit and completions have since
-        // made room: look at the ring again rather than wait for a wake-up that the
-        // ring was never asked for.
-        if tx_open && !tx_waker_set && writes.len() < tx_limit {
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
-    })
-    .await;
-
-    // Dropping `reads` abandons the posted reads; tokio-uring keeps their buffers and
-    // cancels them (IORING_OP_ASYNC_CANCEL) when the runtime is dropped.
-    drop(reads);
-    result
-}
-
 /// How one frame goes to the fd.
-enum TxLayout {
+pub(crate) enum TxLayout {
     /// The skb as it is: without a vnet header, or with it pushed into the skb's
     /// headroom (the `usize` says how many bytes of it).
     Linear(Skb, usize),
@@ -510,7 +204,7 @@ enum TxLayout {
 /// shared buffer's headroom is not ours to write. Otherwise the header goes in a
 /// separate buffer and the two out in one `writev`, which tun reads as one frame
 /// (`tun_get_user` takes an iov_iter).
-fn tx_layout(mut skb: Skb, hdr: Option<VnetHdr>, vnet_len: usize) -> TxLayout {
+pub(crate) fn tx_layout(mut skb: Skb, hdr: Option<VnetHdr>, vnet_len: usize) -> TxLayout {
     let Some(hdr) = hdr else {
         return TxLayout::Linear(skb, 0);
     };
@@ -524,31 +218,6 @@ fn tx_layout(mut skb: Skb, hdr: Option<VnetHdr>, vnet_len: usize) -> TxLayout {
     let mut bytes = vec![0; vnet_len];
     hdr.emit(&mut bytes);
     TxLayout::Vectored(Skb::from_vec(bytes), skb)
-}
-
-/// Account for one finished write: `(result, frame, vnet header bytes written with it)`.
-/// Only a fatal error (see `is_fatal`) is returned; the rest are counted.
-fn tx_complete(
-    stats: &IoStats,
-    name: &str,
-    (res, skb, hdr_bytes): (io::Result<usize>, Skb, usize),
-) -> io::Result<()> {
-    match res {
-        Ok(n) if n == skb.len() + hdr_bytes => {
-            IoStats::add(&stats.tx_packets, 1);
-            IoStats::add(&stats.tx_bytes, skb.len() as u64);
-        }
-        Ok(n) => {
-            IoStats::add(&stats.tx_errors, 1);
-            tracing::debug!(device = %name, wrote = n, len = skb.len(), hdr_bytes, "short write");
-        }
-        Err(err) if is_fatal(&err) => return Err(fatal(name, "write", err)),
-        Err(err) => {
-            IoStats::add(&stats.tx_errors, 1);
-            tracing::debug!(device = %name, %err, len = skb.len(), "write failed");
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@ pub struct IoStats {
     pub rx_packets: AtomicU64,
     /// Frame bytes (from the Ethernet header; a vnet header is not counted).
     pub rx_bytes: AtomicU64,
-    /// Frames read but dropped because the RX ring (channel to the stack) was full or
-    /// closed: the NIC RX ring overflowing.
+    /// Frames read but dropped by the device layer. The io_uring driver never drops a
+    /// frame it has read (when its buffers run out, frames wait in the TAP's queue and
+    /// the kernel drops beyond `txqueuelen`, counted on its side); kept for the
+    /// `ip -s link` layout.
     pub rx_dropped: AtomicU64,
     /// Failed reads, and frames dropped because their vnet header could not be honoured
     /// (see `device::receive_vnet`). `rx_packets`/`rx_bytes` count neither.
@@ -28,8 +30,10 @@ pub struct IoStats {
     /// Batches of writes handed to io_uring together (one `io_uring_enter` each, unless
     /// the submission queue filled up mid-batch).
     pub tx_batches: AtomicU64,
-    /// Reads that found no frame (EAGAIN): several reads wait on the fd and a frame wakes
-    /// them all. Not an error; a high count means more reads are posted than needed.
+    /// Times the receive buffers ran out (the multishot read ended with ENOBUFS and was
+    /// posted again once refilled; meanwhile frames waited in the TAP's queue), or a
+    /// read found no frame. Not an error; a high count means too few buffers
+    /// (`DeviceConfig::rx_inflight`).
     pub rx_empty: AtomicU64,
 }
 

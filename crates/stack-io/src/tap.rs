@@ -251,13 +251,9 @@ impl Tap {
         self.mtu
     }
 
-    /// Give up the fd, e.g. to hand it to an io_uring runtime. Closing it detaches.
+    /// Give up the fd, e.g. to hand it to an io_uring. Closing it detaches.
     pub fn into_fd(self) -> OwnedFd {
         self.fd
-    }
-
-    pub(crate) fn into_file(self) -> File {
-        File::from(self.fd)
     }
 }
 

@@ -1,19 +1,17 @@
-//! The device loop against a real kernel: a TAP device in a throwaway network namespace,
-//! attached plainly and with offloads (virtio_net_hdr, TUN_F_CSUM | TUN_F_TSO4).
-//! The kernel side (192.0.2.1) makes frames that must arrive on our RX ring, and frames
-//! we put on the TX ring must reach it.
+//! The io_uring driver against a real kernel: a TAP device in a throwaway network
+//! namespace, attached plainly and with offloads (virtio_net_hdr, TUN_F_CSUM |
+//! TUN_F_TSO4). The kernel side (192.0.2.1) makes frames that must come out of
+//! [`Uring::poll`], and frames we give [`Uring::transmit`] must reach it.
 
 mod common;
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::netns::{inject_frame, wait_oper_up, NetNs};
-use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt};
 use stack_core::{Skb, SkbPool};
-use stack_io::{run_device, DeviceConfig, IoStats, Tap};
+use stack_io::{Completion, DeviceConfig, IoStats, Tap, Uring};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -59,12 +57,19 @@ fn parse_arp(f: &[u8]) -> Option<(u16, Ipv4Addr, [u8; 6], Ipv4Addr)> {
     Some((u16::from_be_bytes([f[20], f[21]]), ip(28), tha, ip(38)))
 }
 
+/// A 60-byte broadcast frame of the experimental EtherType whose payload is all `i`.
 fn experimental_frame(i: u8) -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&OUR_MAC);
     f.extend_from_slice(&ETH_P_EXPERIMENTAL.to_be_bytes());
     f.extend_from_slice(&[i; 46]);
     f
+}
+
+/// The `i` of an [`experimental_frame`], if `f` is one.
+fn experimental_index(f: &[u8]) -> Option<u8> {
+    (f.len() == 60 && ethertype(f) == ETH_P_EXPERIMENTAL && f[14..].iter().all(|&b| b == f[14]))
+        .then_some(f[14])
 }
 
 /// Threads of this process that are io_uring's io-wq workers ("iou-wrk-<tid>").
@@ -76,214 +81,403 @@ fn io_wq_workers() -> usize {
         .count()
 }
 
-/// The next frame on the RX ring that `want` accepts (others are skipped).
-/// `run_device` on `tap` with the default pool and configuration, which every test here
-/// uses.
-fn device_loop(
-    tap: Tap,
-    rx_ring: mpsc::Sender<Skb>,
-    tx_ring: mpsc::Receiver<Skb>,
-    stats: Arc<IoStats>,
-) -> impl std::future::Future<Output = std::io::Result<()>> {
-    run_device(
-        tap,
-        SkbPool::default(),
-        rx_ring,
-        tx_ring,
-        stats,
-        DeviceConfig::default(),
-    )
+/// The kernel's RX packet counter of `dev` (the frames we wrote to the TAP), as the
+/// calling thread's network namespace sees it: call it from inside `NetNs::run_in`.
+fn kernel_rx_packets_here(dev: &str) -> u64 {
+    let table = std::fs::read_to_string("/proc/thread-self/net/dev").expect("net/dev");
+    let line = table
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(&format!("{dev}:")))
+        .unwrap_or_else(|| panic!("{dev} not in /proc/thread-self/net/dev:\n{table}"));
+    // Receive: bytes packets errs drop ...
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("rx packets")
 }
 
-async fn recv_matching(rx: &mut mpsc::Receiver<Skb>, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-    let fut = async {
-        loop {
-            let skb = rx.next().await.expect("RX ring closed");
-            if want(skb.data()) {
-                return skb.data().to_vec();
-            }
+/// A [`Uring`] driving `tap` alone (device 0), with the default pool and its counters.
+fn uring_for(tap: Tap, cfg: DeviceConfig) -> (Uring, Arc<IoStats>) {
+    let stats = Arc::new(IoStats::new());
+    let uring =
+        Uring::new(vec![tap], vec![stats.clone()], SkbPool::default(), cfg).expect("Uring::new");
+    (uring, stats)
+}
+
+/// Run `uring` as a stack thread would, poll, then wait up to 10 ms for more, handing
+/// every received frame to `f` (with its device) until `f` says it is done. Panics if
+/// that takes over 5 s or a device fails. Frames that arrive in the same poll after
+/// `f` is done are dropped.
+fn drive(uring: &mut Uring, what: &str, mut f: impl FnMut(usize, Skb) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut done = false;
+    loop {
+        uring
+            .poll(&mut |c| match c {
+                Completion::Frame { dev, skb } => {
+                    if !done {
+                        done = f(dev, skb);
+                    }
+                }
+            })
+            .expect("poll");
+        if done {
+            return;
         }
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .expect("no matching frame within 5 s")
+        assert!(Instant::now() < deadline, "{what}: not within 5 s");
+        uring.wait(Some(Duration::from_millis(10))).expect("wait");
+    }
+}
+
+/// The next frame from device 0 that `want` accepts (others are dropped).
+fn recv_skb_matching(uring: &mut Uring, want: impl Fn(&[u8]) -> bool) -> Skb {
+    let mut got = None;
+    drive(uring, "a matching frame", |dev, skb| {
+        if dev == 0 && want(skb.data()) {
+            got = Some(skb);
+        }
+        got.is_some()
+    });
+    got.expect("drive returns once a frame matched")
+}
+
+/// [`recv_skb_matching`], as bytes.
+fn recv_matching(uring: &mut Uring, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    recv_skb_matching(uring, want).data().to_vec()
 }
 
 #[test]
 #[ignore = "needs root and a network namespace: run with cargo xtask test"]
-fn device_loop_moves_frames_both_ways() {
+fn uring_moves_frames_both_ways() {
     let ns = NetNs::new();
     ns.add_tap("ustack0");
     let before = ns.kernel_rx_packets("ustack0");
 
     let ns_name = ns.name().to_owned();
-    let stats = ns.run_in(LIMIT, move || {
+    let (stats, dropped_in) = ns.run_in(LIMIT, move || {
         let tap = Tap::attach("ustack0").expect("attach");
         wait_oper_up(&ns_name, "ustack0");
         assert_eq!(tap.mtu(), 1500);
         assert!(tap.ifindex() > 0);
-        let stats = Arc::new(IoStats::new());
-        let (rx_sender, mut rx) = mpsc::channel(64);
-        let (mut tx, tx_receiver) = mpsc::channel(64);
-        let dev_stats = stats.clone();
-        tokio_uring::start(async move {
-            let dev = tokio_uring::spawn(device_loop(tap, rx_sender, tx_receiver, dev_stats));
+        let (mut uring, stats) = uring_for(tap, DeviceConfig::default());
 
-            // Kernel -> us: a datagram to a neighbour nobody has resolved makes the
-            // kernel broadcast "who has 192.0.2.2" on the TAP.
-            let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
-            sock.send_to(b"x", (OUR_IP, 9)).expect("send");
-            let req = recv_matching(&mut rx, |f| {
-                parse_arp(f)
-                    .is_some_and(|(op, spa, _, tpa)| op == 1 && spa == KERNEL_IP && tpa == OUR_IP)
-            })
-            .await;
-            // The 32 posted reads wait as polls armed in the kernel, not in io-wq
-            // worker threads (that is what O_NONBLOCK on the fd buys).
-            assert_eq!(io_wq_workers(), 0, "reads must not block io-wq workers");
-            let mut kernel_mac = [0; 6];
-            kernel_mac.copy_from_slice(&req[6..12]);
-
-            // Us -> kernel: ask who has 192.0.2.1; the kernel answers to our MAC, which
-            // proves the frame went in whole.
-            let ask = arp_frame(1, [0xff; 6], OUR_MAC, OUR_IP, [0; 6], KERNEL_IP);
-            tx.send(Skb::from_vec(ask)).await.expect("TX ring open");
-            let reply = recv_matching(&mut rx, |f| {
-                parse_arp(f).is_some_and(|(op, spa, tha, tpa)| {
-                    op == 2 && spa == KERNEL_IP && tha == OUR_MAC && tpa == OUR_IP
-                })
-            })
-            .await;
-            assert_eq!(&reply[6..12], &kernel_mac);
-
-            // Closing the TX ring ends the loop, with 32 reads still posted.
-            drop(tx);
-            dev.await.expect("device task").expect("device loop");
+        // Kernel -> us: a datagram to a neighbour nobody has resolved makes the
+        // kernel broadcast "who has 192.0.2.2" on the TAP.
+        let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
+        sock.send_to(b"x", (OUR_IP, 9)).expect("send");
+        let req = recv_matching(&mut uring, |f| {
+            parse_arp(f)
+                .is_some_and(|(op, spa, _, tpa)| op == 1 && spa == KERNEL_IP && tpa == OUR_IP)
         });
-        // Reaching here means tokio_uring::start returned: the abandoned reads were
-        // cancelled rather than keeping the runtime alive.
-        stats.snapshot()
+        // The multishot read waits as a poll armed in the kernel, not in an io-wq
+        // worker thread (that is what O_NONBLOCK on the fd buys).
+        assert_eq!(io_wq_workers(), 0, "reads must not block io-wq workers");
+        let mut kernel_mac = [0; 6];
+        kernel_mac.copy_from_slice(&req[6..12]);
+
+        // Us -> kernel: ask who has 192.0.2.1; the kernel answers to our MAC, which
+        // proves the frame went in whole.
+        assert_eq!(uring.tx_room(0), DeviceConfig::default().tx_inflight);
+        let ask = arp_frame(1, [0xff; 6], OUR_MAC, OUR_IP, [0; 6], KERNEL_IP);
+        uring.transmit(0, Skb::from_vec(ask)).expect("transmit");
+        assert_eq!(uring.tx_inflight(), 1);
+        assert_eq!(uring.tx_room(0), DeviceConfig::default().tx_inflight - 1);
+        let reply = recv_matching(&mut uring, |f| {
+            parse_arp(f).is_some_and(|(op, spa, tha, tpa)| {
+                op == 2 && spa == KERNEL_IP && tha == OUR_MAC && tpa == OUR_IP
+            })
+        });
+        assert_eq!(&reply[6..12], &kernel_mac);
+        assert_eq!(uring.tx_inflight(), 0, "the write's completion was reaped");
+        assert_eq!(io_wq_workers(), 0, "nor do writes need io-wq workers");
+
+        // Dropping the ring with the read still posted cancels it and waits for its
+        // last completion: quickly (Drop gives up and leaks the buffers after 1 s),
+        // and leaving no reference to the TAP's file behind, so it can be attached
+        // again at once.
+        let t = Instant::now();
+        drop(uring);
+        let dropped_in = t.elapsed();
+        drop(Tap::attach("ustack0").expect("re-attach after the Uring is dropped"));
+        (stats.snapshot(), dropped_in)
     });
 
-    println!("{stats}");
+    println!("{stats}\ndropped in {dropped_in:?}");
+    assert!(dropped_in < Duration::from_millis(500), "{dropped_in:?}");
     assert!(stats.rx_packets >= 2, "{stats}");
     assert_eq!(stats.tx_packets, 1, "{stats}");
     assert_eq!(stats.tx_bytes, 42, "{stats}");
     assert_eq!(stats.tx_batches, 1, "{stats}");
-    assert_eq!(
-        (stats.rx_errors, stats.tx_errors, stats.rx_dropped),
-        (0, 0, 0)
-    );
+    assert_eq!((stats.rx_errors, stats.tx_errors), (0, 0), "{stats}");
     assert!(ns.kernel_rx_packets("ustack0") > before);
 }
 
 #[test]
 #[ignore = "needs root and a network namespace: run with cargo xtask test"]
-fn ready_frames_go_out_in_one_batch() {
+fn queued_frames_go_in_with_one_poll() {
     let ns = NetNs::new();
     ns.add_tap("ustack0");
     let before = ns.kernel_rx_packets("ustack0");
 
-    let stats = ns.run_in(LIMIT, || {
+    let (stats, after_transmit, after_poll) = ns.run_in(LIMIT, || {
         let tap = Tap::attach("ustack0").expect("attach");
-        let stats = Arc::new(IoStats::new());
-        let (rx_sender, _rx) = mpsc::channel(64);
-        let (mut tx, tx_receiver) = mpsc::channel(64);
+        let (mut uring, stats) = uring_for(tap, DeviceConfig::default());
+        let start = kernel_rx_packets_here("ustack0");
         for i in 0..50 {
-            tx.try_send(Skb::from_vec(experimental_frame(i)))
-                .expect("room");
+            uring
+                .transmit(0, Skb::from_vec(experimental_frame(i)))
+                .expect("transmit");
         }
-        // Closed with 50 frames queued: the loop sends them all, then ends.
-        drop(tx);
-        let dev_stats = stats.clone();
-        tokio_uring::start(device_loop(tap, rx_sender, tx_receiver, dev_stats))
-            .expect("device loop");
-        stats.snapshot()
+        assert_eq!(uring.tx_inflight(), 50);
+        assert_eq!(uring.tx_room(0), DeviceConfig::default().tx_inflight - 50);
+        // `transmit` only queues: nothing has entered the kernel yet.
+        let after_transmit = kernel_rx_packets_here("ustack0") - start;
+        // One poll hands all 50 writes to the kernel in its one io_uring_enter; a
+        // TAP write never waits, so they are all done when it returns.
+        uring.poll(&mut |_| {}).expect("poll");
+        let after_poll = kernel_rx_packets_here("ustack0") - start;
+        uring.flush(Duration::from_secs(5)).expect("flush");
+        assert_eq!(uring.tx_inflight(), 0, "all writes completed");
+        assert_eq!(uring.tx_room(0), DeviceConfig::default().tx_inflight);
+        assert_eq!(
+            io_wq_workers(),
+            0,
+            "TAP writes complete inline, not in io-wq"
+        );
+        (stats.snapshot(), after_transmit, after_poll)
     });
 
     println!("{stats}");
+    assert_eq!(after_transmit, 0, "transmit only queues");
+    assert_eq!(after_poll, 50, "all 50 queued frames went in with one poll");
     assert_eq!(stats.tx_packets, 50);
     assert_eq!(stats.tx_bytes, 50 * 60);
-    assert_eq!(stats.tx_batches, 1, "all ready frames in one submission");
+    assert_eq!(stats.tx_batches, 1, "all 50 in one submission");
+    assert_eq!(stats.tx_errors, 0);
     assert_eq!(ns.kernel_rx_packets("ustack0") - before, 50);
 }
 
 #[test]
 #[ignore = "needs root and a network namespace: run with cargo xtask test"]
-fn full_rx_ring_drops_and_counts() {
+fn burst_beyond_the_buffer_ring_waits_in_the_tap_queue() {
+    const BURST: u8 = 32;
     let ns = NetNs::new();
     ns.add_tap("ustack0");
 
     let ns_name = ns.name().to_owned();
-    let (stats, queued) = ns.run_in(LIMIT, move || {
+    let (stats, got) = ns.run_in(LIMIT, move || {
         let tap = Tap::attach("ustack0").expect("attach");
         wait_oper_up(&ns_name, "ustack0");
         let ifindex = tap.ifindex();
-        let stats = Arc::new(IoStats::new());
-        // Buffer 0: the ring holds one frame (futures' mpsc gives each sender a slot).
-        let (rx_sender, mut rx) = mpsc::channel(0);
-        let (tx, tx_receiver) = mpsc::channel::<Skb>(1);
-        let dev_stats = stats.clone();
-        let poll_stats = stats.clone();
-        tokio_uring::start(async move {
-            let dev = tokio_uring::spawn(device_loop(tap, rx_sender, tx_receiver, dev_stats));
-            for i in 0..20 {
-                inject_frame(ifindex, &experimental_frame(i));
+        // A ring of 4 receive buffers, and 8 times as many frames arriving before we
+        // look: the multishot read fills the 4 buffers, ends with ENOBUFS, and the
+        // rest wait in the TAP's queue (as in a NIC's FIFO) until the refilled ring
+        // is posted again.
+        let cfg = DeviceConfig {
+            rx_inflight: 4,
+            ..Default::default()
+        };
+        let (mut uring, stats) = uring_for(tap, cfg);
+        for i in 0..BURST {
+            inject_frame(ifindex, &experimental_frame(i));
+        }
+        let mut got = Vec::new();
+        drive(&mut uring, "the whole burst", |dev, skb| {
+            assert_eq!(dev, 0);
+            if let Some(i) = experimental_index(skb.data()) {
+                got.push(i);
             }
-            let wait = async {
-                while poll_stats
-                    .rx_packets
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    < 20
-                {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(5), wait)
-                .await
-                .expect("20 frames read within 5 s");
-            drop(tx);
-            dev.await.expect("device task").expect("device loop");
-            let mut queued = 0;
-            while rx.try_recv().is_ok() {
-                queued += 1;
-            }
-            (poll_stats.snapshot(), queued)
-        })
+            got.len() == usize::from(BURST)
+        });
+        (stats.snapshot(), got)
     });
 
-    println!("{stats}");
-    assert_eq!(stats.rx_packets, 20);
-    assert_eq!(queued, 1);
-    assert_eq!(stats.rx_dropped, 19);
+    println!("{stats}\n{got:?}");
+    assert_eq!(
+        got,
+        (0..BURST).collect::<Vec<_>>(),
+        "all, none lost, in order"
+    );
+    assert_eq!(stats.rx_packets, u64::from(BURST), "{stats}");
+    assert_eq!(stats.rx_bytes, u64::from(BURST) * 60, "{stats}");
+    assert!(
+        stats.rx_empty >= 1,
+        "the ring ran dry and was re-posted: {stats}"
+    );
+    assert!(
+        stats.rx_empty <= u64::from(BURST),
+        "no spinning on an empty ring: {stats}"
+    );
+    assert_eq!(stats.rx_errors, 0, "running dry is not an error: {stats}");
 }
 
 #[test]
 #[ignore = "needs root and a network namespace: run with cargo xtask test"]
-fn deleting_the_device_ends_the_loop_with_an_error() {
+fn two_taps_on_one_ring_keep_their_frames_apart() {
+    let ns = NetNs::new();
+    ns.add_tap("ustack0");
+    ns.ip(&["tuntap", "add", "dev", "ustack1", "mode", "tap"]);
+    ns.ip(&["link", "set", "ustack1", "up"]);
+
+    let ns_name = ns.name().to_owned();
+    let (stats, got, kernel_rx) = ns.run_in(LIMIT, move || {
+        let taps = vec![
+            Tap::attach("ustack0").expect("attach ustack0"),
+            Tap::attach("ustack1").expect("attach ustack1"),
+        ];
+        wait_oper_up(&ns_name, "ustack0");
+        wait_oper_up(&ns_name, "ustack1");
+        let ifindex = [taps[0].ifindex(), taps[1].ifindex()];
+        let stats = [Arc::new(IoStats::new()), Arc::new(IoStats::new())];
+        let mut uring = Uring::new(
+            taps,
+            stats.to_vec(),
+            SkbPool::default(),
+            DeviceConfig::default(),
+        )
+        .expect("Uring::new");
+        let rx_start = [
+            kernel_rx_packets_here("ustack0"),
+            kernel_rx_packets_here("ustack1"),
+        ];
+
+        // In: frames 0..3 on ustack0 and 10..15 on ustack1, interleaved.
+        for i in 0..5 {
+            if i < 3 {
+                inject_frame(ifindex[0], &experimental_frame(i));
+            }
+            inject_frame(ifindex[1], &experimental_frame(10 + i));
+        }
+        let mut got = [Vec::new(), Vec::new()];
+        drive(&mut uring, "frames of both devices", |dev, skb| {
+            if let Some(i) = experimental_index(skb.data()) {
+                got[dev].push(i);
+            }
+            got[0].len() + got[1].len() == 8
+        });
+
+        // Out: 2 frames to device 0, 4 to device 1.
+        for i in 0..6 {
+            let dev = usize::from(i >= 2);
+            uring
+                .transmit(dev, Skb::from_vec(experimental_frame(i)))
+                .expect("transmit");
+        }
+        assert_eq!(uring.tx_room(0), DeviceConfig::default().tx_inflight - 2);
+        assert_eq!(uring.tx_room(1), DeviceConfig::default().tx_inflight - 4);
+        uring.flush(Duration::from_secs(5)).expect("flush");
+        let kernel_rx = [
+            kernel_rx_packets_here("ustack0") - rx_start[0],
+            kernel_rx_packets_here("ustack1") - rx_start[1],
+        ];
+        (stats.map(|s| s.snapshot()), got, kernel_rx)
+    });
+
+    println!("{}\n{}\n{got:?}", stats[0], stats[1]);
+    assert_eq!(got[0], [0, 1, 2], "device 0 gets ustack0's frames");
+    assert_eq!(got[1], [10, 11, 12, 13, 14], "device 1 gets ustack1's");
+    assert_eq!((stats[0].rx_packets, stats[1].rx_packets), (3, 5));
+    assert_eq!(kernel_rx, [2, 4], "each write went to its own TAP");
+    assert_eq!((stats[0].tx_packets, stats[1].tx_packets), (2, 4));
+    assert_eq!((stats[0].tx_bytes, stats[1].tx_bytes), (2 * 60, 4 * 60));
+    assert_eq!(
+        (stats[0].tx_batches, stats[1].tx_batches),
+        (1, 1),
+        "one submission carried both devices' writes"
+    );
+}
+
+#[test]
+#[ignore = "needs root and a network namespace: run with cargo xtask test"]
+fn notify_wakes_a_waiting_ring() {
+    let ns = NetNs::new();
+    ns.add_tap("ustack0");
+
+    ns.run_in(LIMIT, || {
+        let tap = Tap::attach("ustack0").expect("attach");
+        let (mut uring, _stats) = uring_for(tap, DeviceConfig::default());
+        uring.poll(&mut |_| {}).expect("poll");
+
+        // Nothing to do: wait sleeps out its timeout.
+        let t = Instant::now();
+        uring.wait(Some(Duration::from_millis(100))).expect("wait");
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+        uring.poll(&mut |_| {}).expect("poll");
+        assert!(!uring.take_notified());
+
+        // A notify from another thread wakes a wait with no timeout; several times
+        // over, so the eventfd read is posted again after each wake-up.
+        for round in 0..3 {
+            let notify = uring.notifier();
+            let waker = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                notify.notify();
+            });
+            let t = Instant::now();
+            uring.wait(None).expect("wait");
+            let woke = t.elapsed();
+            waker.join().expect("notifier thread");
+            assert!(
+                woke >= Duration::from_millis(90) && woke < Duration::from_secs(2),
+                "round {round}: woke after {woke:?}"
+            );
+            uring.poll(&mut |_| {}).expect("poll");
+            assert!(uring.take_notified(), "round {round}");
+            assert!(!uring.take_notified(), "taking clears it");
+        }
+
+        // A notify while the loop is not parked costs it no wake-up but is not lost:
+        // the next wait returns at once.
+        uring.notifier().notify();
+        let t = Instant::now();
+        uring.wait(Some(Duration::from_secs(5))).expect("wait");
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(uring.take_notified());
+    });
+}
+
+#[test]
+#[ignore = "needs root and a network namespace: run with cargo xtask test"]
+fn deleting_the_device_fails_poll_with_an_error() {
     let ns = NetNs::new();
     ns.add_tap("ustack0");
     let ns_name = ns.name().to_owned();
 
-    let err = ns.run_in(LIMIT, move || {
+    let (err, dropped_in) = ns.run_in(LIMIT, move || {
         let tap = Tap::attach("ustack0").expect("attach");
-        let (rx_sender, _rx) = mpsc::channel(64);
-        let (_tx, tx_receiver) = mpsc::channel::<Skb>(64);
-        std::thread::spawn(move || {
+        let (mut uring, _stats) = uring_for(tap, DeviceConfig::default());
+        let deleter = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
-            let ok = std::process::Command::new("ip")
+            std::process::Command::new("ip")
                 .args(["-n", &ns_name, "link", "del", "ustack0"])
                 .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "ip link del");
+                .is_ok_and(|s| s.success())
         });
-        tokio_uring::start(async move {
-            let run = device_loop(tap, rx_sender, tx_receiver, Arc::new(IoStats::new()));
-            tokio::time::timeout(Duration::from_secs(5), run)
-                .await
-                .expect("the loop notices the deletion within 5 s")
-                .expect_err("a deleted device is an error")
-        })
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err = loop {
+            match uring.poll(&mut |_| {}) {
+                Ok(_) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "poll notices the deletion within 5 s"
+                    );
+                    uring.wait(Some(Duration::from_millis(10))).expect("wait");
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(deleter.join().expect("deleter thread"), "ip link del");
+        let t = Instant::now();
+        drop(uring);
+        (err, t.elapsed())
     });
     println!("{err}");
     assert!(
@@ -295,6 +489,7 @@ fn deleting_the_device_ends_the_loop_with_an_error() {
         err.to_string().ends_with("(was the device deleted?)"),
         "{err}"
     );
+    assert!(dropped_in < Duration::from_millis(500), "{dropped_in:?}");
 }
 
 #[test]
@@ -442,21 +637,6 @@ fn is_udp_to(f: &[u8], dst: Ipv4Addr, dport: u16) -> bool {
         && u16::from_be_bytes([f[36], f[37]]) == dport
 }
 
-/// The next skb on the RX ring whose frame `want` accepts.
-async fn recv_skb_matching(rx: &mut mpsc::Receiver<Skb>, want: impl Fn(&[u8]) -> bool) -> Skb {
-    let fut = async {
-        loop {
-            let skb = rx.next().await.expect("RX ring closed");
-            if want(skb.data()) {
-                return skb;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .expect("no matching frame within 5 s")
-}
-
 /// A TAP with 192.0.2.1 on the kernel side and 192.0.2.2 (us) a permanent neighbour, so
 /// the kernel sends IP straight away without asking ARP.
 fn offload_netns() -> NetNs {
@@ -496,120 +676,111 @@ fn offload_rx_gives_partial_checksums_and_tso_super_packets() {
             }
         );
         wait_oper_up(&ns_name, "ustack0");
-        let stats = Arc::new(IoStats::new());
-        let (rx_sender, mut rx) = mpsc::channel(256);
-        let (mut tx, tx_receiver) = mpsc::channel(64);
-        let dev_stats = stats.clone();
-        tokio_uring::start(async move {
-            let dev = tokio_uring::spawn(device_loop(tap, rx_sender, tx_receiver, dev_stats));
+        let (mut uring, stats) = uring_for(tap, DeviceConfig::default());
 
-            // UDP from a kernel socket: with TUN_F_CSUM the kernel leaves the checksum
-            // to the device (CHECKSUM_PARTIAL), and tells us with NEEDS_CSUM.
-            let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
-            sock.send_to(&[0xab; 300], (OUR_IP, 9)).expect("send");
-            let skb = recv_skb_matching(&mut rx, |f| is_udp_to(f, OUR_IP, 9)).await;
-            let IpSummed::Partial {
-                csum_start,
-                csum_offset,
-            } = skb.ip_summed
-            else {
-                panic!(
-                    "UDP from the kernel should need its checksum: {:?}",
-                    skb.ip_summed
-                );
-            };
-            let start = usize::from(csum_start) - skb.data_offset();
-            assert_eq!((start, csum_offset), (34, 6), "UDP header, check field");
-            let f = skb.data();
-            let field = u16::from_be_bytes([f[40], f[41]]);
-            assert_eq!(field, pseudo_sum(KERNEL_IP, OUR_IP, 17, f.len() - 34));
-            assert!(!udp_checksum_ok(f), "unfinished as the kernel left it");
-            // Finishing it as a device would gives a checksum that verifies.
-            let mut done = f.to_vec();
-            let c = !fold(sum16(&done[start..]));
-            done[start + 6..start + 8].copy_from_slice(&c.to_be_bytes());
-            assert!(udp_checksum_ok(&done));
-            assert_eq!(
-                skb.end(),
-                SkbPool::default().buf_size(),
-                "copied: copybreak"
+        // UDP from a kernel socket: with TUN_F_CSUM the kernel leaves the checksum
+        // to the device (CHECKSUM_PARTIAL), and tells us with NEEDS_CSUM.
+        let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
+        sock.send_to(&[0xab; 300], (OUR_IP, 9)).expect("send");
+        let skb = recv_skb_matching(&mut uring, |f| is_udp_to(f, OUR_IP, 9));
+        let IpSummed::Partial {
+            csum_start,
+            csum_offset,
+        } = skb.ip_summed
+        else {
+            panic!(
+                "UDP from the kernel should need its checksum: {:?}",
+                skb.ip_summed
             );
-            let kernel_mac: [u8; 6] = f[6..12].try_into().unwrap();
+        };
+        let start = usize::from(csum_start) - skb.data_offset();
+        assert_eq!((start, csum_offset), (34, 6), "UDP header, check field");
+        let f = skb.data();
+        let field = u16::from_be_bytes([f[40], f[41]]);
+        assert_eq!(field, pseudo_sum(KERNEL_IP, OUR_IP, 17, f.len() - 34));
+        assert!(!udp_checksum_ok(f), "unfinished as the kernel left it");
+        // Finishing it as a device would gives a checksum that verifies.
+        let mut done = f.to_vec();
+        let c = !fold(sum16(&done[start..]));
+        done[start + 6..start + 8].copy_from_slice(&c.to_be_bytes());
+        assert!(udp_checksum_ok(&done));
+        assert_eq!(
+            skb.end(),
+            SkbPool::default().buf_size(),
+            "copied: copybreak"
+        );
+        let kernel_mac: [u8; 6] = f[6..12].try_into().unwrap();
 
-            // TCP with TSO: a kernel client connects to us; we answer the SYN by hand
-            // (the loop is no TCP peer) with a 64 KiB window, and the first flight
-            // (initial cwnd 10 segments) leaves the kernel as one or more super-packets.
-            let (conn_tx, conn_rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let s = std::net::TcpStream::connect_timeout(
-                    &(OUR_IP, 5001).into(),
-                    Duration::from_secs(5),
-                )
-                .expect("connect");
-                s.set_nonblocking(true).unwrap();
-                let _ = std::io::Write::write(&mut &s, &vec![0x5a; 100_000]);
-                let _ = conn_tx.send(s);
-            });
-            let is_tcp_from_kernel = |f: &[u8]| {
-                f.len() >= 54
-                    && ethertype(f) == 0x0800
-                    && f[23] == 6
-                    && f[26..30] == KERNEL_IP.octets()
-                    && u16::from_be_bytes([f[36], f[37]]) == 5001
-            };
-            let syn =
-                recv_skb_matching(&mut rx, |f| is_tcp_from_kernel(f) && f[47] & 0x02 != 0).await;
-            let s = syn.data();
-            let cport = u16::from_be_bytes([s[34], s[35]]);
-            let cseq = u32::from_be_bytes([s[38], s[39], s[40], s[41]]);
-            let mut tcp = Vec::new();
-            tcp.extend_from_slice(&5001u16.to_be_bytes());
-            tcp.extend_from_slice(&cport.to_be_bytes());
-            tcp.extend_from_slice(&1000u32.to_be_bytes());
-            tcp.extend_from_slice(&cseq.wrapping_add(1).to_be_bytes());
-            tcp.extend_from_slice(&[6 << 4, 0x12, 0xff, 0xff, 0, 0, 0, 0]);
-            tcp.extend_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
-            let c = !fold(sum16(&tcp) + u32::from(pseudo_sum(OUR_IP, KERNEL_IP, 6, tcp.len())));
-            tcp[16..18].copy_from_slice(&c.to_be_bytes());
-            let synack = ipv4_frame(kernel_mac, OUR_IP, KERNEL_IP, 6, &tcp);
-            tx.send(Skb::from_vec(synack)).await.expect("TX ring open");
-
-            let big = recv_skb_matching(&mut rx, |f| is_tcp_from_kernel(f) && f.len() > 1514).await;
-            println!(
-                "super-packet: {} bytes, gso_size {}, gso_segs {}, {:?}",
-                big.len(),
-                big.gso_size,
-                big.gso_segs,
-                big.ip_summed
-            );
-            assert!(big.gso_size > 0 && big.gso_size <= 1460, "{}", big.gso_size);
-            let payload = big.len() - 54;
-            assert_eq!(
-                usize::from(big.gso_segs),
-                payload.div_ceil(usize::from(big.gso_size))
-            );
-            assert!(big.gso_segs >= 2);
-            assert!(matches!(
-                big.ip_summed,
-                IpSummed::Partial {
-                    csum_offset: 16,
-                    ..
-                }
-            ));
-            // Under the copybreak a super-packet is copied out of the 64 KiB buffer
-            // into one of its own size; over it, it keeps the big buffer.
-            if big.len() < stack_io::device::DEFAULT_RX_COPYBREAK {
-                assert_eq!(big.end(), 64 + big.len(), "copied, right-sized");
-            } else {
-                assert_eq!(big.end(), 64 + 10 + 18 + 65535, "kept");
-            }
-            let _client = conn_rx
-                .recv_timeout(Duration::from_secs(5))
-                .expect("connected");
-
-            drop(tx);
-            dev.await.expect("device task").expect("device loop");
+        // TCP with TSO: a kernel client connects to us; we answer the SYN by hand
+        // (there is no TCP peer here) with a 64 KiB window, and the first flight
+        // (initial cwnd 10 segments) leaves the kernel as one or more super-packets.
+        let (conn_tx, conn_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let s = std::net::TcpStream::connect_timeout(
+                &(OUR_IP, 5001).into(),
+                Duration::from_secs(5),
+            )
+            .expect("connect");
+            s.set_nonblocking(true).unwrap();
+            let _ = std::io::Write::write(&mut &s, &vec![0x5a; 100_000]);
+            let _ = conn_tx.send(s);
         });
+        let is_tcp_from_kernel = |f: &[u8]| {
+            f.len() >= 54
+                && ethertype(f) == 0x0800
+                && f[23] == 6
+                && f[26..30] == KERNEL_IP.octets()
+                && u16::from_be_bytes([f[36], f[37]]) == 5001
+        };
+        let syn = recv_skb_matching(&mut uring, |f| is_tcp_from_kernel(f) && f[47] & 0x02 != 0);
+        let s = syn.data();
+        let cport = u16::from_be_bytes([s[34], s[35]]);
+        let cseq = u32::from_be_bytes([s[38], s[39], s[40], s[41]]);
+        let mut tcp = Vec::new();
+        tcp.extend_from_slice(&5001u16.to_be_bytes());
+        tcp.extend_from_slice(&cport.to_be_bytes());
+        tcp.extend_from_slice(&1000u32.to_be_bytes());
+        tcp.extend_from_slice(&cseq.wrapping_add(1).to_be_bytes());
+        tcp.extend_from_slice(&[6 << 4, 0x12, 0xff, 0xff, 0, 0, 0, 0]);
+        tcp.extend_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
+        let c = !fold(sum16(&tcp) + u32::from(pseudo_sum(OUR_IP, KERNEL_IP, 6, tcp.len())));
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        let synack = ipv4_frame(kernel_mac, OUR_IP, KERNEL_IP, 6, &tcp);
+        uring.transmit(0, Skb::from_vec(synack)).expect("transmit");
+
+        let big = recv_skb_matching(&mut uring, |f| is_tcp_from_kernel(f) && f.len() > 1514);
+        println!(
+            "super-packet: {} bytes, gso_size {}, gso_segs {}, {:?}",
+            big.len(),
+            big.gso_size,
+            big.gso_segs,
+            big.ip_summed
+        );
+        assert!(big.gso_size > 0 && big.gso_size <= 1460, "{}", big.gso_size);
+        let payload = big.len() - 54;
+        assert_eq!(
+            usize::from(big.gso_segs),
+            payload.div_ceil(usize::from(big.gso_size))
+        );
+        assert!(big.gso_segs >= 2);
+        assert!(matches!(
+            big.ip_summed,
+            IpSummed::Partial {
+                csum_offset: 16,
+                ..
+            }
+        ));
+        // Under the copybreak a super-packet is copied out of the 64 KiB buffer
+        // into one of its own size; over it, it keeps the big buffer.
+        if big.len() < stack_io::device::DEFAULT_RX_COPYBREAK {
+            assert_eq!(big.end(), 64 + big.len(), "copied, right-sized");
+        } else {
+            assert_eq!(big.end(), 64 + 10 + 18 + 65535, "kept");
+        }
+        let _client = conn_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("connected");
+        drop(uring);
         stats.snapshot()
     });
     println!("{stats}");
@@ -628,51 +799,44 @@ fn offload_tx_needs_csum_is_finished_by_the_kernel() {
     let (stats, got) = ns.run_in(LIMIT, move || {
         let tap = Tap::attach_with("ustack0", TapOptions { offload: true }).expect("attach");
         wait_oper_up(&ns_name, "ustack0");
-        let stats = Arc::new(IoStats::new());
-        let (rx_sender, mut rx) = mpsc::channel(64);
-        let (mut tx, tx_receiver) = mpsc::channel(64);
-        let dev_stats = stats.clone();
+        let (mut uring, stats) = uring_for(tap, DeviceConfig::default());
         let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let port = sock.local_addr().unwrap().port();
-        let got = tokio_uring::start(async move {
-            let dev = tokio_uring::spawn(device_loop(tap, rx_sender, tx_receiver, dev_stats));
-            // Learn the kernel's MAC from a frame it sends us.
-            sock.send_to(b"hi", (OUR_IP, 9)).expect("send");
-            let hello = recv_matching(&mut rx, |f| is_udp_to(f, OUR_IP, 9)).await;
-            let kernel_mac: [u8; 6] = hello[6..12].try_into().unwrap();
+        // Learn the kernel's MAC from a frame it sends us.
+        sock.send_to(b"hi", (OUR_IP, 9)).expect("send");
+        let hello = recv_matching(&mut uring, |f| is_udp_to(f, OUR_IP, 9));
+        let kernel_mac: [u8; 6] = hello[6..12].try_into().unwrap();
 
-            let mut got = Vec::new();
-            // 1: NEEDS_CSUM, header pushed into the skb's headroom (a pooled skb).
-            // 2: NEEDS_CSUM, no headroom (Skb::from_vec): header and frame by writev.
-            // 3: the same unfinished checksum without NEEDS_CSUM: the kernel must drop it.
-            for (i, headroom) in [(1u8, Some(64)), (2, None), (3, Some(64))] {
-                let frame = udp_with_pseudo_sum(kernel_mac, port, &[i; 100]);
-                assert!(!udp_checksum_ok(&frame));
-                let mut skb = match headroom {
-                    Some(h) => SkbPool::default().from_slice(h, &frame),
-                    None => Skb::from_vec(frame),
+        let mut got = Vec::new();
+        // 1: NEEDS_CSUM, header pushed into the skb's headroom (a pooled skb).
+        // 2: NEEDS_CSUM, no headroom (Skb::from_vec): header and frame by writev.
+        // 3: the same unfinished checksum without NEEDS_CSUM: the kernel must drop it.
+        for (i, headroom) in [(1u8, Some(64)), (2, None), (3, Some(64))] {
+            let frame = udp_with_pseudo_sum(kernel_mac, port, &[i; 100]);
+            assert!(!udp_checksum_ok(&frame));
+            let mut skb = match headroom {
+                Some(h) => SkbPool::default().from_slice(h, &frame),
+                None => Skb::from_vec(frame),
+            };
+            if i != 3 {
+                skb.ip_summed = IpSummed::Partial {
+                    csum_start: (skb.data_offset() + 34) as u16,
+                    csum_offset: 6,
                 };
-                if i != 3 {
-                    skb.ip_summed = IpSummed::Partial {
-                        csum_start: (skb.data_offset() + 34) as u16,
-                        csum_offset: 6,
-                    };
-                }
-                tx.send(skb).await.expect("TX ring open");
-                // Give the write a moment to complete, then read on a plain thread.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let mut buf = [0u8; 200];
-                got.push(match sock.recv_from(&mut buf) {
-                    Ok((n, from)) => Some((buf[0], n, from)),
-                    Err(_) => None,
-                });
             }
-            drop(tx);
-            dev.await.expect("device task").expect("device loop");
-            got
-        });
+            uring.transmit(0, skb).expect("transmit");
+            // Submit the write and reap its completion, then read on this thread.
+            uring.flush(Duration::from_secs(5)).expect("flush");
+            assert_eq!(uring.tx_inflight(), 0);
+            let mut buf = [0u8; 200];
+            got.push(match sock.recv_from(&mut buf) {
+                Ok((n, from)) => Some((buf[0], n, from)),
+                Err(_) => None,
+            });
+        }
+        drop(uring);
         (stats.snapshot(), got)
     });
     println!("{stats}\n{got:?}");
@@ -704,25 +868,14 @@ fn plain_attach_after_offload_gets_finished_checksums() {
         assert!(!tap.vnet_hdr());
         assert_eq!(tap.offloads(), stack_io::Offloads::default());
         wait_oper_up(&ns_name, "ustack0");
-        let (rx_sender, mut rx) = mpsc::channel(64);
-        let (tx, tx_receiver) = mpsc::channel::<Skb>(1);
-        tokio_uring::start(async move {
-            let dev = tokio_uring::spawn(device_loop(
-                tap,
-                rx_sender,
-                tx_receiver,
-                Arc::new(IoStats::new()),
-            ));
-            let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
-            sock.send_to(&[0xcd; 300], (OUR_IP, 9)).expect("send");
-            let skb = recv_skb_matching(&mut rx, |f| is_udp_to(f, OUR_IP, 9)).await;
-            assert_eq!(skb.ip_summed, IpSummed::None);
-            assert!(
-                udp_checksum_ok(skb.data()),
-                "a reader without a vnet header must get finished checksums"
-            );
-            drop(tx);
-            dev.await.expect("device task").expect("device loop");
-        });
+        let (mut uring, _stats) = uring_for(tap, DeviceConfig::default());
+        let sock = UdpSocket::bind((KERNEL_IP, 0)).expect("bind 192.0.2.1");
+        sock.send_to(&[0xcd; 300], (OUR_IP, 9)).expect("send");
+        let skb = recv_skb_matching(&mut uring, |f| is_udp_to(f, OUR_IP, 9));
+        assert_eq!(skb.ip_summed, IpSummed::None);
+        assert!(
+            udp_checksum_ok(skb.data()),
+            "a reader without a vnet header must get finished checksums"
+        );
     });
 }

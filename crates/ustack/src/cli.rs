@@ -75,6 +75,11 @@ pub struct RouterArgs {
     /// Do not ask the TAPs for checksum and TCP segmentation offload.
     #[arg(long)]
     pub no_offload: bool,
+    /// Busy polling, as net.core.busy_poll: after finding nothing to do, the stack
+    /// thread keeps looking for this many microseconds before it sleeps (lower latency
+    /// for CPU time spent looking; 0, the default, sleeps at once).
+    #[arg(long, value_name = "MICROS", default_value_t = 0)]
+    pub busy_poll: u64,
     #[command(flatten)]
     pub observe: ObserveArgs,
 }
@@ -147,6 +152,11 @@ pub struct LinkArgs {
     /// virtio-net header).
     #[arg(long)]
     pub no_offload: bool,
+    /// Busy polling, as net.core.busy_poll: after finding nothing to do, the stack
+    /// thread keeps looking for this many microseconds before it sleeps (lower latency
+    /// for CPU time spent looking; 0, the default, sleeps at once).
+    #[arg(long, value_name = "MICROS", default_value_t = 0)]
+    pub busy_poll: u64,
 }
 
 #[derive(Args, Debug)]
@@ -358,7 +368,7 @@ impl LinkArgs {
         let options = StackOptions {
             impair: self.impair.clone(),
             offload: !self.no_offload,
-            ..StackOptions::default()
+            busy_poll: std::time::Duration::from_micros(self.busy_poll),
         };
         let handle =
             StackHandle::spawn_with(&self.tap, config.clone(), seed, options).map_err(|e| {

@@ -18,7 +18,7 @@ pub fn builder(args: &RouterArgs, seed: u64) -> Result<StackBuilder, String> {
         .options(StackOptions {
             impair: args.impair.clone(),
             offload: !args.no_offload,
-            ..StackOptions::default()
+            busy_poll: std::time::Duration::from_micros(args.busy_poll),
         });
     for (i, iface) in args.ifaces.iter().enumerate() {
         if args.ifaces[..i].iter().any(|o| o.tap == iface.tap) {
