@@ -566,6 +566,7 @@ impl Stack {
             _ => self.link.no_handler(dev, skb.protocol),
         }
         self.process_backlog();
+        self.tcp_flush_timers();
     }
 
     /// Push the Ethernet header and queue the frame on `dev` (`dev_hard_header` +

@@ -455,3 +455,51 @@ fn packet_tap_sees_both_directions() {
     assert_eq!(captured[1].pkt_type, stack_core::skb::PktType::Outgoing);
     assert_eq!(captured[1].data(), out[0].data());
 }
+
+/// The TCP timer queue: with many sockets, the next deadline is the earliest of them,
+/// exactly the due ones fire, and closed sockets leave nothing behind that fires.
+#[test]
+fn tcp_timers_fire_in_deadline_order_among_many_sockets() {
+    use std::net::SocketAddrV4;
+    let ms = Duration::from_millis;
+    let mut s = stack();
+    learn_peer(&mut s);
+    // 300 connects, one per millisecond: SYN retransmission timers at 1 s + i ms.
+    let mut ids = Vec::new();
+    for i in 0..300u64 {
+        let now = Instant::ZERO + ms(i);
+        let id = s.tcp_socket();
+        s.tcp_v4_connect(now, id, SocketAddrV4::new(PEER, 8000 + i as u16))
+            .expect("connect");
+        ids.push(id);
+    }
+    let syns = |out: &[Skb]| {
+        out.iter()
+            .filter(|f| {
+                let f = f.data();
+                let ihl = usize::from(f[14] & 0x0f) * 4;
+                f[12..14] == [0x08, 0x00] && f[23] == protocol::TCP && f[14 + ihl + 13] == 0x02
+            })
+            .count()
+    };
+    assert_eq!(syns(&drain(&mut s, Instant::ZERO + ms(300))), 300);
+    assert_eq!(s.poll_timeout(), Some(Instant::ZERO + ms(1000)));
+    // Close every odd one: their timers must not fire.
+    for id in ids.iter().skip(1).step_by(2) {
+        s.tcp_abort(Instant::ZERO + ms(300), *id);
+    }
+    drain(&mut s, Instant::ZERO + ms(300));
+    // At 1.1 s the first 101 are due, of which 51 are still open.
+    let t = Instant::ZERO + ms(1100);
+    assert!(s.poll_timeout().is_some_and(|d| d <= t));
+    s.handle_timeout(t);
+    assert_eq!(syns(&drain(&mut s, t)), 51);
+    // The next is the one opened at 102 ms (101 is closed).
+    assert_eq!(s.poll_timeout(), Some(Instant::ZERO + ms(1102)));
+    // Everything else by 1.3 s: 150 retransmitted SYNs in all, none twice.
+    let t = Instant::ZERO + ms(1300);
+    s.handle_timeout(t);
+    assert_eq!(syns(&drain(&mut s, t)), 150 - 51);
+    // Backed off to 2 s from when each fired: the next round starts at 1.1 s + 2 s.
+    assert_eq!(s.poll_timeout(), Some(Instant::ZERO + ms(3100)));
+}

@@ -216,6 +216,8 @@ impl Stack {
         c.hashed = true;
         let id = SocketId(self.sk.socks.insert(Sock::Tcp(Box::new(c))));
         self.sk.tcp.ehash.insert(key, id.0);
+        // Filed in the timer queue (its SYN-ACK retransmission timer) by the next flush.
+        let _ = self.tcp_sock_mut(id);
         self.tcp_sock_mut(l).expect("listener").syn_q_len += 1;
         self.snmp.tcp.passive_opens += 1;
         id

@@ -137,6 +137,10 @@ impl TxSeg {
 /// `struct tcp_sock`, trimmed to what this stack implements.
 #[derive(Debug)]
 pub(crate) struct TcpSock {
+    /// On the timer queue's dirty list (see [`TimerQueue`]).
+    timer_dirty: bool,
+    /// The deadline this socket is filed under in the timer queue, if any.
+    timer_queued: Option<Instant>,
     pub state: TcpState,
     pub local: Option<SocketAddrV4>,
     pub remote: Option<SocketAddrV4>,
@@ -267,6 +271,8 @@ pub(crate) struct TcpSock {
 impl TcpSock {
     fn new(now: Instant) -> Self {
         TcpSock {
+            timer_dirty: false,
+            timer_queued: None,
             state: TcpState::Closed,
             local: None,
             remote: None,
@@ -501,6 +507,21 @@ pub struct TcpTable {
     bhash: HashMap<u16, Vec<usize>>,
     /// RFC 6528 secret.
     isn_key: (u64, u64),
+    /// Every TCP socket's earliest timer, so that finding the next deadline and the
+    /// sockets due costs O(log n) in the number of sockets rather than a scan of all
+    /// of them (what the kernel's timer wheel buys it). See [`TimerQueue`].
+    pub(crate) timers: TimerQueue,
+}
+
+/// A min-heap of (deadline, socket) with lazy deletion, fed by the sockets that were
+/// touched: `Stack::tcp_sock_mut` marks a socket dirty (anything reached through it
+/// may have moved a timer), and [`Stack::tcp_flush_timers`] re-files each dirty socket
+/// under its new earliest timer. A heap entry is live while it matches the socket's
+/// `timer_queued`; any other is stale and dropped when it reaches the top.
+#[derive(Debug, Default)]
+pub(crate) struct TimerQueue {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>>,
+    dirty: Vec<usize>,
 }
 
 impl TcpTable {
@@ -547,9 +568,17 @@ impl Stack {
         }
     }
 
+    /// The socket, for changing it: it goes on the timer queue's dirty list, to be
+    /// filed again under its earliest timer by [`Stack::tcp_flush_timers`].
     pub(crate) fn tcp_sock_mut(&mut self, id: SocketId) -> Option<&mut TcpSock> {
         match self.sk.socks.get_mut(id.0) {
-            Some(Sock::Tcp(s)) => Some(s),
+            Some(Sock::Tcp(s)) => {
+                if !s.timer_dirty {
+                    s.timer_dirty = true;
+                    self.sk.tcp.timers.dirty.push(id.0);
+                }
+                Some(s)
+            }
             _ => None,
         }
     }

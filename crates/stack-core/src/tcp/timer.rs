@@ -34,34 +34,83 @@ impl super::TcpSock {
 }
 
 impl Stack {
-    /// The earliest TCP timer of any socket.
+    /// The earliest TCP timer of any socket: the top of the timer queue, or a socket
+    /// touched since the last flush. May be early (a stale entry at the top, which the
+    /// next `tcp_on_timer` drops), never late.
     pub(crate) fn tcp_poll_timeout(&self) -> Option<Instant> {
-        self.sk
-            .socks
+        let q = &self.sk.tcp.timers;
+        let top = q.heap.peek().map(|e| e.0 .0);
+        let dirty = q
+            .dirty
             .iter()
-            .filter_map(|(_, s)| match s {
-                Sock::Tcp(t) => t.next_timer(),
+            .filter_map(|&k| match self.sk.socks.get(k) {
+                Some(Sock::Tcp(t)) => t.next_timer(),
                 _ => None,
             })
-            .min()
+            .min();
+        top.into_iter().chain(dirty).min()
+    }
+
+    /// File every socket touched since the last flush under its earliest timer, and
+    /// drop the stale entries at the top of the queue.
+    pub(crate) fn tcp_flush_timers(&mut self) {
+        let q = &mut self.sk.tcp.timers;
+        for k in q.dirty.drain(..) {
+            let Some(Sock::Tcp(s)) = self.sk.socks.get_mut(k) else {
+                continue;
+            };
+            s.timer_dirty = false;
+            let next = s.next_timer();
+            if next != s.timer_queued {
+                s.timer_queued = next;
+                if let Some(t) = next {
+                    q.heap.push(std::cmp::Reverse((t, k)));
+                }
+            }
+        }
+        let socks = &self.sk.socks;
+        let live = |t: Instant, k: usize| matches!(socks.get(k), Some(Sock::Tcp(s)) if s.timer_queued == Some(t));
+        // A timer that moves later (the RTO, re-armed by every ACK) leaves its old entry
+        // behind; stale entries sink to the top only when their time comes. Keep the
+        // heap within a few times the sockets, whatever the rate of ACKs.
+        if q.heap.len() > 4 * socks.len() + 1024 {
+            q.heap.retain(|e| live(e.0 .0, e.0 .1));
+        }
+        while let Some(&std::cmp::Reverse((t, k))) = q.heap.peek() {
+            if live(t, k) {
+                break;
+            }
+            q.heap.pop();
+        }
     }
 
     /// Run every due TCP timer.
     pub(crate) fn tcp_on_timer(&mut self, now: Instant) {
-        let due: Vec<usize> = self
-            .sk
-            .socks
-            .iter()
-            .filter_map(|(k, s)| match s {
-                Sock::Tcp(t) => t.next_timer().is_some_and(|d| d <= now).then_some(k),
-                _ => None,
-            })
-            .collect();
+        self.tcp_flush_timers();
+        let mut due = Vec::new();
+        while let Some(&std::cmp::Reverse((t, k))) = self.sk.tcp.timers.heap.peek() {
+            if t > now {
+                break;
+            }
+            self.sk.tcp.timers.heap.pop();
+            if let Some(Sock::Tcp(s)) = self.sk.socks.get_mut(k) {
+                if s.timer_queued == Some(t) {
+                    s.timer_queued = None;
+                    due.push(k);
+                }
+            }
+        }
         for k in due {
             let id = SocketId(k);
+            // Through `tcp_sock_mut`: the socket is dirty again, and filed under its
+            // next timer by the flush below.
+            if self.tcp_sock_mut(id).is_none() {
+                continue;
+            }
             self.tcp_timers(id, now);
             self.tcp_reap(id);
         }
+        self.tcp_flush_timers();
     }
 
     fn tcp_timers(&mut self, id: SocketId, now: Instant) {
