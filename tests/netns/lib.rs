@@ -131,6 +131,11 @@ impl Host {
         self.child.as_mut().expect("host not stopped yet")
     }
 
+    /// The ustack host process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("host not stopped yet").pid()
+    }
+
     /// What ustack has printed so far, for messages.
     pub fn output_so_far(&self) -> String {
         match &self.child {
@@ -203,4 +208,35 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
         .map(|x| u8::from_str_radix(x, 16).ok())
         .collect::<Option<_>>()?;
     v.try_into().ok()
+}
+
+/// `/proc/self/limits`' soft "Max open files".
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Make room for `n` more descriptors in this process (the kernel's side of the connections;
+/// ustack itself uses none per connection).
+pub fn ensure_open_files(n: u64) {
+    if open_files_limit() >= n + 256 {
+        return;
+    }
+    let want = format!("--nofile={}", n + 1024);
+    let pid = std::process::id().to_string();
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &want])
+        .output()
+        .expect("run prlimit (util-linux)");
+    assert!(
+        out.status.success() && open_files_limit() >= n + 256,
+        "cannot raise the open files limit to {}: {}",
+        n + 1024,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

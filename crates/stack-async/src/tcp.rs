@@ -92,7 +92,8 @@ fn unsupported_linger() -> io::Error {
 }
 
 /// A bounded byte ring. Storage grows (doubling) from [`RING_MIN`] up to `max` only as the
-/// data needs it; a write never makes it hold more than `max` bytes.
+/// data needs it, and is given back whenever the ring drains; a write never makes it hold
+/// more than `max` bytes.
 struct ByteRing {
     buf: Vec<u8>,
     head: usize,
@@ -187,7 +188,9 @@ impl ByteRing {
         debug_assert!(n <= self.len);
         self.len -= n;
         if self.len == 0 {
-            // Keep the next write contiguous.
+            // Drained: give the storage back, so an idle connection holds no buffer
+            // (the next write takes RING_MIN again), and the next write is contiguous.
+            self.buf = Vec::new();
             self.head = 0;
         } else {
             self.head = (self.head + n) % self.buf.len();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use testbed::Counters;
 use testbed::{echo_seeded, test_seed, EchoRun};
-use ustack_netns_tests::{counter, Bed, USTACK_IP};
+use ustack_netns_tests::{counter, ensure_open_files, Bed, USTACK_IP};
 
 const ECHO_PORT: u16 = 7;
 const DISCARD_PORT: u16 = 9;
@@ -147,37 +147,6 @@ fn moved_tcp_counters(before: &Counters, after: &Counters) -> String {
         }
     }
     moved.join(", ")
-}
-
-/// `/proc/self/limits`' soft "Max open files".
-fn open_files_limit() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
-    limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Make room for `n` more descriptors in this process (the kernel's side of the connections;
-/// ustack itself uses none per connection).
-fn ensure_open_files(n: u64) {
-    if open_files_limit() >= n + 256 {
-        return;
-    }
-    let want = format!("--nofile={}", n + 1024);
-    let pid = std::process::id().to_string();
-    let out = std::process::Command::new("prlimit")
-        .args(["--pid", &pid, &want])
-        .output()
-        .expect("run prlimit (util-linux)");
-    assert!(
-        out.status.success() && open_files_limit() >= n + 256,
-        "cannot raise the open files limit to {}: {}",
-        n + 1024,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A thousand kernel connections to the echo, all open at once, each sends its own message
