@@ -32,7 +32,7 @@
 //! and cannot poll the ring without sleeping. See docs/architecture.md.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,6 +151,8 @@ struct BufRing {
     entries: u16,
     /// Our producer index; published to the kernel by `publish`.
     tail: u16,
+    /// The tail the kernel has seen.
+    published: u16,
     /// The skb behind each buffer id, whose tailroom the kernel writes into.
     slots: Vec<Option<Skb>>,
 }
@@ -177,6 +179,7 @@ impl BufRing {
             map_len,
             entries,
             tail: 0,
+            published: 0,
             slots: (0..entries).map(|_| None).collect(),
         })
     }
@@ -196,13 +199,18 @@ impl BufRing {
         self.slots[usize::from(bid)] = Some(skb);
     }
 
-    fn publish(&self) {
+    /// Let the kernel see the buffers provided since the last call.
+    fn publish(&mut self) {
+        if self.published == self.tail {
+            return;
+        }
         // SAFETY: the tail field of the ring's first entry, inside the mapping, which
         // the kernel reads with acquire semantics.
         unsafe {
             let tail = types::BufRingEntry::tail(self.mem).cast::<AtomicU16>();
             (*tail).store(self.tail, Ordering::Release);
         }
+        self.published = self.tail;
     }
 }
 
@@ -625,8 +633,6 @@ impl Uring {
 
     fn reap(&mut self, deliver: &mut dyn FnMut(Completion)) -> io::Result<usize> {
         let mut n = 0;
-        let mut rearm_rx = Vec::new();
-        let mut published = vec![false; self.devs.len()];
         loop {
             let Some(cqe) = self.ring.completion().next() else {
                 break;
@@ -640,10 +646,6 @@ impl Uring {
                         self.devs[dev].rx_armed = false;
                     }
                     self.rx_complete(dev, cqe.result(), cqe.flags(), deliver);
-                    published[dev] = true;
-                    if !more && !self.devs[dev].rx_done {
-                        rearm_rx.push(dev);
-                    }
                 }
                 KIND_TX => {
                     if let Some(op) = self.tx.try_remove(index) {
@@ -659,13 +661,12 @@ impl Uring {
                 _ => {}
             }
         }
-        for (dev, p) in published.iter().enumerate() {
-            if *p {
-                self.devs[dev].bufs.publish();
-            }
-        }
-        for dev in rearm_rx {
-            if self.failed.is_none() {
+        // The buffers given back go to the kernel in one store per device, and a read
+        // that ended (out of buffers, an error) is posted again.
+        for dev in 0..self.devs.len() {
+            let d = &mut self.devs[dev];
+            d.bufs.publish();
+            if !d.rx_armed && !d.rx_done && self.failed.is_none() {
                 self.arm_rx(dev)?;
             }
         }
@@ -787,11 +788,6 @@ impl Uring {
         self.tx.len()
     }
 
-    /// The raw fd of device `dev`'s TAP (for tests).
-    pub fn tap_fd(&self, dev: usize) -> RawFd {
-        self.devs[dev].fd.as_raw_fd()
-    }
-
     /// Wait (up to `limit`) for the writes in flight to complete, e.g. before exiting,
     /// so the last frames reach the kernel.
     pub fn flush(&mut self, limit: Duration) -> io::Result<()> {
@@ -814,13 +810,13 @@ impl Drop for Uring {
         // the rings of them) go. If the kernel does not answer in time, leak them
         // rather than free memory it may still write.
         for dev in 0..self.devs.len() {
+            // Nothing is posted again from here on.
+            self.devs[dev].rx_done = true;
             if self.devs[dev].rx_armed {
                 let entry = opcode::AsyncCancel::new(user_data(KIND_RX, dev, 0))
                     .build()
                     .user_data(user_data(KIND_CANCEL, dev, 0));
                 let _ = self.push(entry);
-            } else {
-                self.devs[dev].rx_done = true;
             }
         }
         let start = std::time::Instant::now();
@@ -828,9 +824,6 @@ impl Drop for Uring {
         while (self.devs.iter().any(|d| d.rx_armed) || !self.tx.is_empty())
             && start.elapsed() < Duration::from_secs(1)
         {
-            for d in &mut self.devs {
-                d.rx_done = true;
-            }
             if self.enter(1, Some(Duration::from_millis(10))).is_err() {
                 break;
             }
