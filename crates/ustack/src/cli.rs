@@ -66,13 +66,25 @@ pub struct RouterArgs {
     /// gateway must be on one of the interfaces' subnets.
     #[arg(long = "route", value_name = "PREFIX=GATEWAY", value_parser = parse_route)]
     pub routes: Vec<RouteArg>,
+    #[command(flatten)]
+    pub stack: StackArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+}
+
+/// How the stack thread runs, the same for `host`, `ping` and `router`.
+#[derive(Args, Debug)]
+pub struct StackArgs {
     /// Seed for the stack's randomness (default: from the OS).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Impair every interface both ways, like netem, e.g. loss=1%,delay=1ms,seed=7.
+    /// Impair every TAP both ways, like netem (which this kernel lacks), e.g.
+    /// loss=5%,dup=2%,reorder=5%,corrupt=0.5%,delay=1ms,jitter=200us,rate=100mbit,seed=7
     #[arg(long, value_parser = parse_impair)]
     pub impair: Option<ImpairConfig>,
-    /// Do not ask the TAPs for checksum and TCP segmentation offload.
+    /// Do not ask the TAPs for checksum and TCP segmentation offload (by default the
+    /// stack exchanges up to 64 KB TCP super-packets with the kernel through a
+    /// virtio-net header).
     #[arg(long)]
     pub no_offload: bool,
     /// Busy polling, as net.core.busy_poll: after finding nothing to do, the stack
@@ -80,8 +92,21 @@ pub struct RouterArgs {
     /// for CPU time spent looking; 0, the default, sleeps at once).
     #[arg(long, value_name = "MICROS", default_value_t = 0)]
     pub busy_poll: u64,
-    #[command(flatten)]
-    pub observe: ObserveArgs,
+}
+
+impl StackArgs {
+    /// `--seed`, or one from the OS.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(os_seed)
+    }
+
+    pub fn options(&self) -> StackOptions {
+        StackOptions {
+            impair: self.impair.clone(),
+            offload: !self.no_offload,
+            busy_poll: std::time::Duration::from_micros(self.busy_poll),
+        }
+    }
 }
 
 /// The control socket and packet captures of `host` and `router`.
@@ -140,23 +165,8 @@ pub struct LinkArgs {
     /// Forward packets not addressed to us (net.ipv4.ip_forward).
     #[arg(long)]
     pub forward: bool,
-    /// Seed for the stack's randomness (default: from the OS).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Impair the link both ways, like netem (which this kernel lacks), e.g.
-    /// loss=5%,dup=2%,reorder=5%,corrupt=0.5%,delay=1ms,jitter=200us,rate=100mbit,seed=7
-    #[arg(long, value_parser = parse_impair)]
-    pub impair: Option<ImpairConfig>,
-    /// Do not ask the TAP for checksum and TCP segmentation offload (by default the
-    /// stack exchanges up to 64 KB TCP super-packets with the kernel through a
-    /// virtio-net header).
-    #[arg(long)]
-    pub no_offload: bool,
-    /// Busy polling, as net.core.busy_poll: after finding nothing to do, the stack
-    /// thread keeps looking for this many microseconds before it sleeps (lower latency
-    /// for CPU time spent looking; 0, the default, sleeps at once).
-    #[arg(long, value_name = "MICROS", default_value_t = 0)]
-    pub busy_poll: u64,
+    #[command(flatten)]
+    pub stack: StackArgs,
 }
 
 #[derive(Args, Debug)]
@@ -364,17 +374,16 @@ impl LinkArgs {
     /// Start the stack on the TAP; the error is the one line to show the user.
     pub fn spawn(&self) -> Result<(StackHandle, StackConfig), String> {
         let config = self.config();
-        let seed = self.seed.unwrap_or_else(os_seed);
-        let options = StackOptions {
-            impair: self.impair.clone(),
-            offload: !self.no_offload,
-            busy_poll: std::time::Duration::from_micros(self.busy_poll),
-        };
-        let handle =
-            StackHandle::spawn_with(&self.tap, config.clone(), seed, options).map_err(|e| {
-                let msg = e.to_string();
-                msg.strip_prefix("ustack: ").unwrap_or(&msg).to_string()
-            })?;
+        let handle = StackHandle::spawn_with(
+            &self.tap,
+            config.clone(),
+            self.stack.seed(),
+            self.stack.options(),
+        )
+        .map_err(|e| {
+            let msg = e.to_string();
+            msg.strip_prefix("ustack: ").unwrap_or(&msg).to_string()
+        })?;
         Ok((handle, config))
     }
 }

@@ -77,7 +77,7 @@ async fn host(args: HostArgs) -> ExitCode {
         "ustack: host {}/{} ({}) on {}",
         config.addr, config.prefix_len, config.mac, args.link.tap
     );
-    if let Some(imp) = &args.link.impair {
+    if let Some(imp) = &args.link.stack.impair {
         eprintln!("ustack: link impaired both ways: {imp:?}");
     }
     let observers = match ctl::observe(&handle, &args.observe, "host").await {

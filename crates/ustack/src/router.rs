@@ -4,22 +4,18 @@
 
 use std::process::ExitCode;
 
-use stack_async::{StackBuilder, StackHandle, StackOptions, TapDevice};
+use stack_async::{StackBuilder, StackHandle, TapDevice};
 use stack_core::ipv4::fib_frontend::RouteSpec;
 use stack_core::{IfAddr, StackConfig};
 
-use crate::cli::{self, RouterArgs};
+use crate::cli::RouterArgs;
 
 /// The builder `args` describe: one device per `--iface`, in order (ifindex 2, 3, ...),
 /// forwarding on, the `--route`s installed once every address is up.
 pub fn builder(args: &RouterArgs, seed: u64) -> Result<StackBuilder, String> {
     let mut b = StackBuilder::new(seed)
         .ip_forward(true)
-        .options(StackOptions {
-            impair: args.impair.clone(),
-            offload: !args.no_offload,
-            busy_poll: std::time::Duration::from_micros(args.busy_poll),
-        });
+        .options(args.stack.options());
     for (i, iface) in args.ifaces.iter().enumerate() {
         if args.ifaces[..i].iter().any(|o| o.tap == iface.tap) {
             return Err(format!("--iface {} is given twice", iface.tap));
@@ -50,7 +46,7 @@ pub fn spawn(args: &RouterArgs, seed: u64) -> Result<StackHandle, String> {
 }
 
 pub async fn run(args: RouterArgs) -> ExitCode {
-    let seed = args.seed.unwrap_or_else(cli::os_seed);
+    let seed = args.stack.seed();
     let handle = match spawn(&args, seed) {
         Ok(h) => h,
         Err(msg) => {
@@ -70,7 +66,7 @@ pub async fn run(args: RouterArgs) -> ExitCode {
             r.prefix, r.prefix_len, r.gateway
         );
     }
-    if let Some(imp) = &args.impair {
+    if let Some(imp) = &args.stack.impair {
         eprintln!("ustack: every link impaired both ways: {imp:?}");
     }
     let observers = match crate::ctl::observe(&handle, &args.observe, "router").await {
