@@ -79,6 +79,9 @@ struct Target<'a> {
 pub struct Measured {
     pub samples: Vec<Sample>,
     pub notes: Vec<String>,
+    /// CPUs the responder used per row, for probes that measure it themselves (the
+    /// router rows; the host probes are metered by `run_probes` / `run_tcp_probe`).
+    pub cpu: Vec<(&'static str, f64)>,
 }
 
 type Probe = fn(&Target<'_>) -> Result<Measured>;
@@ -163,14 +166,14 @@ impl Column {
 }
 
 /// Measures the CPUs a process uses between `start` and `stop`.
-struct CpuMeter {
+pub struct CpuMeter {
     pid: Option<u32>,
     cpu: Option<f64>,
     started: Instant,
 }
 
 impl CpuMeter {
-    fn start(pid: Option<u32>) -> CpuMeter {
+    pub fn start(pid: Option<u32>) -> CpuMeter {
         CpuMeter {
             pid,
             cpu: pid.and_then(cpu_seconds),
@@ -179,7 +182,7 @@ impl CpuMeter {
     }
 
     /// CPUs used on average since `start`.
-    fn stop(&self) -> Option<f64> {
+    pub fn stop(&self) -> Option<f64> {
         let (before, after) = (self.cpu?, self.pid.and_then(cpu_seconds)?);
         let wall = self.started.elapsed().as_secs_f64();
         (wall > 0.0).then(|| (after - before) / wall)
@@ -238,6 +241,7 @@ pub fn run(only: Option<&str>) -> Result {
         match router_bench::measure(kind) {
             Ok(m) => {
                 col.samples.extend(m.samples);
+                col.cpu.extend(m.cpu);
                 col.notes
                     .extend(m.notes.into_iter().map(|n| format!("{kind}: {n}")));
             }
@@ -665,7 +669,7 @@ fn echo_rtt(target: &Target<'_>) -> Result<Measured> {
             .into_iter()
             .filter_map(|(row, v)| v.map(|value| Sample { row, value }))
             .collect(),
-        notes: Vec::new(),
+        ..Measured::default()
     };
     let want: usize = RTT_COUNT.parse().unwrap_or(0);
     if times.len() < want {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use testbed::{parse_ping_times, percentile, Routed, RouterKind, Side};
 
-use crate::bench::{cpu_seconds, Measured, Sample};
+use crate::bench::{CpuMeter, Measured, Sample};
 use crate::util::{self, check_interrupt, Result};
 
 pub const TCP1_ROW: &str = "Router TCP A->B, 1 flow (Gb/s)";
@@ -67,19 +67,16 @@ pub fn measure(kind: RouterKind) -> std::result::Result<Measured, String> {
         }
         println!("    {kind}: {name} ...");
         util::flush();
-        let cpu_before = pid.and_then(cpu_seconds);
-        let started = Instant::now();
+        let meter = CpuMeter::start(pid);
         match run(&bed) {
-            Ok(samples) => m.samples.extend(samples),
+            Ok(samples) => {
+                // The router's CPU goes in the table beside its rows.
+                if let Some(cpu) = meter.stop() {
+                    m.cpu.extend(samples.iter().map(|s| (s.row, cpu)));
+                }
+                m.samples.extend(samples);
+            }
             Err(e) => m.notes.push(format!("{name}: FAILED: {e}")),
-        }
-        if let (Some(b), Some(a)) = (cpu_before, pid.and_then(cpu_seconds)) {
-            let wall = started.elapsed().as_secs_f64();
-            m.notes.push(format!(
-                "{name}: ustack router used {:.2} CPUs ({:.1} s in {wall:.1} s)",
-                (a - b) / wall,
-                a - b
-            ));
         }
         if !bed.router_alive() {
             return Err(format!(
